@@ -1,0 +1,100 @@
+"""Reading images and label maps, and writing files atomically (temp file + rename).
+
+A killed process or a full disk never leaves a half-written label behind: every write goes to a
+temporary file in the target directory and is renamed over the target only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from wsss_pl.errors import CorruptFileError, DataError
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file to uint8 [3, H, W] RGB (grey and RGBA are converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file {path} does not exist; check the data root and the id list")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise CorruptFileError(
+            f"image file {path} cannot be decoded ({error}); replace it or remove its id "
+            "from the split list"
+        ) from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_label(path: str | Path) -> torch.Tensor:
+    """Read a label PNG (palette 'P' or greyscale 'L': pixel values are class ids) as uint8 [H, W]."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise CorruptFileError(
+                    f"label file {path} has mode {image.mode!r}; expected a palette ('P') or "
+                    "greyscale ('L') PNG whose pixel values are class ids"
+                )
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise CorruptFileError(f"label file {path} cannot be decoded ({error})") from error
+    return torch.from_numpy(array.astype(np.uint8, copy=True))
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Run ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Also on KeyboardInterrupt / OSError(ENOSPC): leave neither a temp file nor a partial file.
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_label(path: str | Path, label: torch.Tensor | np.ndarray, palette: Sequence[int]) -> None:
+    """Atomically write a uint8 [H, W] label map as a palette PNG (lossless, viewable)."""
+    array = label.cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    if array.ndim != 2:
+        raise ValueError(f"label map for {path} must be 2-D [H, W], got shape {array.shape}")
+    image = Image.fromarray(array.astype(np.uint8), mode="P")
+    image.putpalette(list(palette))
+    _atomic_write(Path(path), lambda handle: image.save(handle, format="PNG"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write bytes."""
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write JSON (indented, UTF-8)."""
+    write_bytes(path, json.dumps(obj, indent=1, sort_keys=False).encode("utf-8"))
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"JSON file {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"JSON file {path} is malformed: {error}") from error
