@@ -1,0 +1,98 @@
+"""Command line: LightningCLI (fit/validate/test/predict) plus wsss_pl's own subcommands.
+
+python -m wsss_pl fit --config configs/voc.yaml
+python -m wsss_pl label --config configs/voc.yaml        # warm the pseudo-label cache
+python -m wsss_pl evaluate-labels --pred DIR --gt DIR
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+from wsss_pl.data.datamodule import WSSSDataModule
+from wsss_pl.errors import WsssError
+from wsss_pl.module import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the resolved config (all defaults filled in) beside the run's logs, on rank 0.
+
+    W&B: into the run's files (uploaded with it) and as the run's config; CSV / TensorBoard: the
+    logger's versioned log_dir. So no run overwrites another run's config.
+    """
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        logger = trainer.logger
+        if logger is None:
+            return
+        if isinstance(logger, WandbLogger):
+            directory = Path(logger.experiment.dir)
+            logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+        else:
+            directory = Path(logger.log_dir or logger.save_dir or ".")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.parser.save(
+            self.config, directory / self.config_filename, skip_none=False, overwrite=True
+        )
+
+
+class WsssCLI(LightningCLI):
+    """LightningCLI with the class names linked from the data module into the model."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data",
+            "model.class_names",
+            compute_fn=lambda data: data.class_names,
+            apply_on="instantiate",
+        )
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> WsssCLI:
+    return WsssCLI(
+        SegmentationModule,
+        WSSSDataModule,
+        save_config_callback=SaveRunConfig,
+        save_config_kwargs={"save_to_log_dir": False, "config_filename": "run_config.yaml"},
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        args=args,
+        run=run,
+    )
+
+
+def _destroy_process_group() -> None:
+    # Without this, gloo/NCCL DDP runs abort at interpreter exit in about half the runs.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else ""
+    try:
+        if command == "evaluate-labels":
+            from wsss_pl.evaluation import main as evaluate_labels_main
+
+            return evaluate_labels_main(argv[1:])
+        if command == "label":
+            from wsss_pl.labeling.label_pass import run_label_pass
+
+            cli = build_cli(argv[1:], run=False)
+            return run_label_pass(cli.trainer, cli.datamodule)
+        build_cli(argv)
+        return 0
+    except WsssError as error:
+        # Bad input: a clear message naming the file, id or key, without a traceback.
+        print(f"wsss_pl: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        _destroy_process_group()

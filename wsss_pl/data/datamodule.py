@@ -1,0 +1,125 @@
+"""The LightningDataModule: datasets per stage, padded batches, labelling and augmentation on device."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, Dataset
+
+from wsss_pl.classes import ClassVocabulary
+from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
+from wsss_pl.data.base import DatasetSource, Stage
+from wsss_pl.data.collate import collate_samples
+from wsss_pl.data.label_sources import GroundTruthLabels, LabeledDataset, LabelSource
+
+log = logging.getLogger(__name__)
+
+
+class WSSSDataModule(pl.LightningDataModule):
+    """Serves a dataset source's splits; the training targets come from ``train_labels``.
+
+    Data flow of a training batch: workers decode images, ground truth and cached targets (CPU);
+    ``collate_samples`` pads them; after the transfer to the rank's device,
+    ``on_after_batch_transfer`` asks ``train_labels`` for the targets still missing (one batched
+    call) and then augments the whole batch on the device.
+
+    Args:
+        source: the dataset (VOC, COCO, ImageFolder, SyntheticVOC), injected by class_path.
+        train_labels: where training targets come from (default: ground truth).
+        batch_size: training batch size per device (DeepLab-v2 baseline: 10).
+        val_batch_size: batch size of validation, test and predict (images are padded).
+        num_workers: DataLoader worker processes per device.
+        crop_size, scale_range, flip, mean, std: the training augmentation (BatchAugment).
+    """
+
+    def __init__(
+        self,
+        source: DatasetSource,
+        train_labels: LabelSource | None = None,
+        batch_size: int = 10,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        crop_size: int = 321,
+        scale_range: tuple[float, float] = (0.5, 1.5),
+        flip: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.train_labels = train_labels if train_labels is not None else GroundTruthLabels()
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.augment = BatchAugment(crop_size, scale_range, flip, mean, std)
+        self.datasets: dict[Stage, Dataset] = {}
+
+    @property
+    def vocabulary(self) -> ClassVocabulary:
+        return self.source.vocabulary
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.vocabulary.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Label ids including background."""
+        return self.vocabulary.num_classes
+
+    def prepare_data(self) -> None:
+        self.source.prepare_data()
+        self.train_labels.prepare_data(self.source)
+
+    def setup(self, stage: str) -> None:
+        wanted: dict[str, tuple[Stage, ...]] = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("predict",),
+        }
+        if stage == "fit":
+            self.train_labels.setup(self.source)
+        for split in wanted[stage]:
+            if split not in self.datasets:
+                dataset = self.source.dataset(split)
+                loader = self.train_labels.loader() if split == "train" else None
+                self.datasets[split] = LabeledDataset(dataset, loader)
+                log.info("%s split: %d images", split, len(dataset))
+
+    def _loader(self, split: Stage, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) >= batch_size,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            collate_fn=collate_samples,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", self.val_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            if bool(batch["needs_label"].any()):
+                self.train_labels.label_batch(batch)
+            return self.augment.train_batch(batch)
+        return self.augment.eval_batch(batch)

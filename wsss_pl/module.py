@@ -1,0 +1,171 @@
+"""The LightningModule: DeepLab-v2 trained with cross-entropy (ignore 255), mIoU per split."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+from torch.optim import SGD
+from torch.optim.lr_scheduler import LambdaLR
+
+from wsss_pl.classes import IGNORE_INDEX
+from wsss_pl.metrics import ConfusionMatrix
+from wsss_pl.models.inference import predict_logits
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """The DeepLab-v2 baseline: SGD, lr 2.5e-4, momentum 0.9, weight decay 5e-4."""
+    return SGD(params, lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains a segmentation network on the batch's ``target`` and evaluates on its ``gt``.
+
+    Args:
+        net: the network (``wsss_pl.models.DeepLabV2``): float [B,3,H,W] -> logits [B,K,h,w].
+            If it has ``param_groups(lr, weight_decay)``, its groups get ``lr * lr_mult``
+            (DeepLab-v2: backbone 1x, classifier weights 10x, biases 20x).
+        class_names: foreground class names (linked from the data module by the CLI).
+        optimizer: a callable that builds the optimiser from parameters or parameter groups.
+        poly_power: learning rate = base * (1 - step / max_steps) ** poly_power, per step.
+        max_steps: length of the poly schedule; default: the trainer's estimated total steps.
+        test_scales, test_flip: multi-scale / flip inference for ``test`` and ``predict``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        class_names: list[str] | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        poly_power: float = 0.9,
+        max_steps: int | None = None,
+        test_scales: list[float] | None = None,
+        test_flip: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.class_names = list(class_names) if class_names is not None else None
+        self.poly_power = poly_power
+        self.max_steps = max_steps
+        self.test_scales = list(test_scales) if test_scales else [1.0]
+        self.test_flip = test_flip
+        num_classes = len(self.class_names) + 1 if self.class_names is not None else None
+        self.num_classes = num_classes or self._net_classes()
+        self.val_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
+        self.test_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
+        # Quality of the training labels themselves (pseudo-label vs ground truth, when known).
+        self.train_label_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
+
+    def _net_classes(self) -> int:
+        count = getattr(self.net, "num_classes", None)
+        if count is None:
+            raise ValueError("class_names not given and the net has no num_classes attribute")
+        return int(count)
+
+    def setup(self, stage: str) -> None:
+        net_classes = getattr(self.net, "num_classes", self.num_classes)
+        if net_classes != self.num_classes:
+            raise ValueError(
+                f"model.net.init_args.num_classes is {net_classes} but the dataset has "
+                f"{self.num_classes} label ids (background + {self.num_classes - 1} classes); "
+                "set them equal in the config"
+            )
+
+    @property
+    def label_names(self) -> list[str]:
+        """Names of label ids 0..K-1 (background first)."""
+        names = self.class_names or [f"class_{i}" for i in range(1, self.num_classes)]
+        return ["background", *names]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """float [B,3,H,W] normalised -> logits [B,K,H,W] upsampled to the input size."""
+        logits = self.net(images)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        target = batch["target"].long()
+        if bool((target == IGNORE_INDEX).all()):
+            # Nothing to learn from; keep the graph so DDP gradients stay in step across ranks.
+            loss = logits.sum() * 0.0
+        else:
+            loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        if bool(batch["has_gt"].any()):
+            self.train_label_metric.update(
+                batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]]
+            )
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if int(self.train_label_metric.confmat.sum()) > 0 or self.trainer.world_size > 1:
+            self._log_scores("train_labels", self.train_label_metric.compute())
+        self.train_label_metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["gt"].long(), ignore_index=IGNORE_INDEX)
+        if torch.isfinite(loss):
+            self.log("val/loss", loss, batch_size=logits.shape[0], sync_dist=True)
+        preds = logits.argmax(1)
+        self.val_metric.update(preds, batch["gt"])
+        return preds
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val", self.val_metric.compute())
+        self.val_metric.reset()
+
+    def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
+        probs = predict_logits(self.net, batch["image"], self.test_scales, self.test_flip)
+        return probs.argmax(1)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        preds = self._predict(batch)
+        if bool(batch["has_gt"].any()):
+            self.test_metric.update(preds[batch["has_gt"]], batch["gt"][batch["has_gt"]])
+        return preds
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test", self.test_metric.compute())
+        self.test_metric.reset()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        preds = self._predict(batch).to(torch.uint8)
+        return {"id": batch["id"], "size": batch["size"], "pred": preds}
+
+    def _log_scores(self, split: str, scores: dict[str, torch.Tensor]) -> None:
+        """Log mIoU and per-class IoU by name; the metric already reduced the confusion matrix."""
+        self.last_scores = getattr(self, "last_scores", {})
+        self.last_scores[split] = {k: v.detach().cpu() for k, v in scores.items()}
+        values = {f"{split}/mIoU": scores["miou"], f"{split}/pixel_acc": scores["pixel_acc"]}
+        for name, iou in zip(self.label_names, scores["iou"].tolist(), strict=True):
+            if not math.isnan(iou):
+                values[f"{split}/IoU/{name}"] = torch.tensor(iou)
+        self.log_dict(values, sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        base_params = self.net.param_groups if hasattr(self.net, "param_groups") else None
+        if base_params is not None:
+            probe = self.optimizer_factory([torch.zeros(1, requires_grad=True)])
+            lr, weight_decay = probe.defaults["lr"], probe.defaults.get("weight_decay", 0.0)
+            optimizer = self.optimizer_factory(self.net.param_groups(lr, weight_decay))
+        else:
+            optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        max_steps = self.max_steps or int(self.trainer.estimated_stepping_batches)
+        power = self.poly_power
+
+        def poly(step: int) -> float:
+            return max(1.0 - step / max(max_steps, 1), 0.0) ** power
+
+        scheduler = LambdaLR(optimizer, poly)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
