@@ -54,6 +54,16 @@ def read_label(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.uint8, copy=True))
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; shared caches and datasets need the usual umask-based permissions.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Run ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +73,7 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, path)
     except BaseException:
         # Also on KeyboardInterrupt / OSError(ENOSPC): leave neither a temp file nor a partial file.
