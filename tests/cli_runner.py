@@ -1,0 +1,62 @@
+"""Run the real CLI in a subprocess (as a user would), with small demo settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+# The demo config made small enough for a test: 16 train / 4 val images of 64x80, 2 epochs.
+FAST_OVERRIDES = [
+    "--trainer.max_epochs", "2",
+    "--data.source.init_args.num_train", "16",
+    "--data.source.init_args.num_val", "4",
+    "--data.source.init_args.image_size", "[64, 80]",
+    "--data.batch_size", "4",
+    "--data.val_batch_size", "2",
+    "--data.crop_size", "49",
+    "--data.num_workers", "0",
+]  # fmt: skip
+
+
+def write_csv_logger_config(directory: Path) -> Path:
+    """A second config that adds a CSV logger beside W&B, so a test can read the logged metrics."""
+    config = {
+        "trainer": {
+            "logger": [
+                {
+                    "class_path": "lightning.pytorch.loggers.WandbLogger",
+                    "init_args": {"project": "wsss_pl-test", "save_dir": "runs/demo", "offline": True},
+                },
+                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/csv"}},
+            ]
+        }
+    }
+    path = directory / "loggers.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "wsss_pl", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

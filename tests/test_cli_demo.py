@@ -1,0 +1,111 @@
+"""The demo through the real CLI: fit, checkpoint, metrics, W&B offline media, validate/test/predict."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli_runner import DEMO_CONFIG, FAST_OVERRIDES, run_cli, write_csv_logger_config
+from wsss_pl.classes import VOC
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("demo")
+    loggers = write_csv_logger_config(workdir)
+    result = run_cli(["fit", "--config", str(DEMO_CONFIG), "--config", str(loggers), *FAST_OVERRIDES], workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return workdir
+
+
+def _metrics(workdir: Path) -> list[dict[str, str]]:
+    (path,) = workdir.glob("runs/csv/lightning_logs/version_*/metrics.csv")
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_writes_checkpoint(demo_run: Path) -> None:
+    last = demo_run / "runs/demo/checkpoints/last.ckpt"
+    assert last.is_file()
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 1
+    assert any(key.startswith("net.") for key in checkpoint["state_dict"])
+    assert checkpoint["hyper_parameters"]["class_names"] == list(VOC.class_names)
+    best = [p for p in (demo_run / "runs/demo/checkpoints").glob("epoch*-miou*.ckpt")]
+    assert best, "the val/mIoU-monitored checkpoint is missing"
+
+
+def test_fit_logs_miou_and_named_per_class_iou(demo_run: Path) -> None:
+    rows = _metrics(demo_run)
+    val_rows = [r for r in rows if r.get("val/mIoU")]
+    assert len(val_rows) == 2  # one per epoch
+    for row in val_rows:
+        miou = float(row["val/mIoU"])
+        assert 0.0 <= miou <= 1.0
+        per_class = [float(row[k]) for k in row if k.startswith("val/IoU/") and row[k]]
+        assert per_class, "per-class IoU missing"
+        assert math.isclose(miou, sum(per_class) / len(per_class), rel_tol=1e-4)
+    assert "val/IoU/background" in rows[0]
+    assert any(float(r["train/loss"]) > 0 for r in rows if r.get("train/loss"))
+
+
+def test_wandb_offline_media_has_class_id_masks(demo_run: Path) -> None:
+    (run_dir,) = demo_run.glob("runs/demo/wandb/offline-run-*")
+    media = run_dir / "files" / "media" / "images"
+    overlays = list((media / "val").glob("predictions_*.png"))
+    masks = list((media / "mask" / "val").glob("predictions_*.mask.png"))
+    train_masks = list((media / "mask" / "train").glob("labels_*.mask.png"))
+    assert overlays and masks and train_masks
+    # Each val image carries ground truth, prediction and error layers.
+    assert len(masks) >= len(overlays)  # W&B stores identical masks once
+    values: set[int] = set()
+    for path in masks:
+        values |= set(np.unique(np.asarray(Image.open(path))).tolist())
+    assert values <= set(range(VOC.num_classes)) | {255}
+    assert values & set(range(1, VOC.num_classes)), "no foreground class id in any mask"
+    assert (run_dir / "files" / "run_config.yaml").is_file()
+
+
+def test_validate_test_predict_from_checkpoint(demo_run: Path) -> None:
+    ckpt = str(demo_run / "runs/demo/checkpoints/last.ckpt")
+    common = ["--config", str(DEMO_CONFIG), *FAST_OVERRIDES, "--ckpt_path", ckpt]
+    for command in ("validate", "test"):
+        result = run_cli([command, *common], demo_run)
+        assert result.returncode == 0, result.stderr[-4000:]
+    result = run_cli(["predict", *common, "--model.test_flip", "true"], demo_run)
+    assert result.returncode == 0, result.stderr[-4000:]
+    predictions = sorted((demo_run / "runs/demo/predictions").glob("*.png"))
+    val_ids = (demo_run / "data/synthetic_voc/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
+    assert [p.stem for p in predictions] == sorted(val_ids)
+    with Image.open(predictions[0]) as image:
+        assert image.mode == "P" and image.size == (80, 64)
+        assert set(np.unique(np.asarray(image)).tolist()) <= set(range(VOC.num_classes))
+
+
+def test_config_typo_names_the_key(tmp_path: Path) -> None:
+    result = run_cli(["fit", "--config", str(DEMO_CONFIG), "--data.batch_sise", "4"], tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "batch_sise" in result.stderr
+
+
+def test_print_config_resolves(tmp_path: Path) -> None:
+    result = run_cli(["fit", "--config", str(DEMO_CONFIG), "--print_config"], tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wsss_pl.models.deeplab_v2.DeepLabV2" in result.stdout
+    assert "SyntheticVOC" in result.stdout
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path: Path) -> None:
+    voc = Path(__file__).resolve().parents[1] / "configs" / "voc.yaml"
+    result = run_cli(["fit", "--config", str(voc), "--data.source.init_args.root", str(tmp_path / "nowhere"),
+                      "--trainer.logger", "false"], tmp_path, timeout=180)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "nowhere" in result.stderr and "Traceback" not in result.stderr
