@@ -1,0 +1,377 @@
+"""mIoU of a folder of label maps (predictions or pseudo-labels) against a folder of ground truth.
+
+Both folders hold PNGs (palette 'P' or greyscale 'L') whose pixel values are class ids:
+0..C-1 (0 = background) and 255 = ignore; files are matched by stem. Each file pair is reduced to
+one joint histogram ``np.bincount(gt * 256 + pred)`` (65,536 bins), summed over files, optionally in
+worker processes; the confusion matrix, the validity checks and the IoUs are read off the sum.
+
+Conventions:
+- ``confusion[g, p]`` counts pixels with ground truth ``g`` and prediction ``p`` (rows = truth).
+- Ground-truth 255 pixels are left out.
+- A prediction of 255 on a valid ground-truth pixel (a pseudo-label that abstains) is a miss: it
+  counts in ``pred_ignored[g]`` and so in the union of class ``g`` but never in an intersection;
+  abstaining therefore costs IoU and is not a free way to raise it.
+- A ground-truth id with no prediction file is left out of the matrix and listed in
+  ``missing_predictions``; with ``missing_as_background=True`` it counts as an all-background
+  prediction instead.
+- A class absent from both truth and prediction has IoU NaN and does not enter the mIoU.
+
+This module imports numpy and PIL only at the top, so worker processes start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from wsss_pl.errors import DataError, WsssError
+
+_BINS = 256 * 256
+_Task = tuple[str, str, str | None]  # (id, gt path, prediction path or None = all background)
+
+
+@dataclass
+class LabelEvaluation:
+    """Result of ``evaluate_label_dirs``.
+
+    Attributes:
+        confusion: int64 [C, C], rows = ground truth, columns = prediction.
+        pred_ignored: int64 [C], valid ground-truth pixels of each class predicted as 255.
+        iou: float64 [C], NaN for classes absent from both truth and prediction.
+        miou: mean of the non-NaN entries of ``iou`` (NaN if all are NaN).
+        num_images: image pairs counted (including missing predictions counted as background).
+        missing_predictions: ground-truth ids with no prediction file, sorted.
+        extra_predictions: prediction ids with no ground truth (ignored), sorted.
+        missing_as_background: whether missing predictions were counted as all background.
+    """
+
+    confusion: np.ndarray
+    pred_ignored: np.ndarray
+    iou: np.ndarray
+    miou: float
+    num_images: int
+    missing_predictions: list[str] = field(default_factory=list)
+    extra_predictions: list[str] = field(default_factory=list)
+    missing_as_background: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.confusion.shape[0])
+
+    @property
+    def ignored_fraction(self) -> float:
+        """Fraction of valid ground-truth pixels that the predictions marked 255."""
+        total = int(self.confusion.sum() + self.pred_ignored.sum())
+        return float(self.pred_ignored.sum() / total) if total else float("nan")
+
+
+def _read_label_array(path: str, role: str) -> np.ndarray:
+    """uint8 [H, W] class ids of a 'P' or 'L' PNG; DataError naming the file otherwise."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise DataError(
+                    f"{role} file {path} has image mode {image.mode!r}; expected a palette ('P') "
+                    "or greyscale ('L') PNG whose pixel values are class ids (not colours)"
+                )
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{role} file {path} cannot be decoded ({error})") from error
+
+
+def _bad_values(counts: np.ndarray, num_classes: int) -> list[int]:
+    """Values with a non-zero count [256] outside [0, num_classes) and not 255."""
+    bad = np.flatnonzero(counts[num_classes:255]) + num_classes
+    return bad.tolist()
+
+
+def _histogram_chunk(args: tuple[list[_Task], int]) -> np.ndarray:
+    """Sum of the joint (gt, pred) histograms, int64 [65536], of the file pairs of one chunk."""
+    tasks, num_classes = args
+    total = np.zeros(_BINS, dtype=np.int64)
+    for sample_id, gt_path, pred_path in tasks:
+        gt = _read_label_array(gt_path, "ground-truth")
+        if pred_path is None:
+            pred = np.zeros_like(gt)
+        else:
+            pred = _read_label_array(pred_path, "prediction")
+            if pred.shape != gt.shape:
+                raise DataError(
+                    f"prediction file {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but its "
+                    f"ground truth {gt_path} is {gt.shape[1]}x{gt.shape[0]}; id {sample_id!r}"
+                )
+        joint = (gt.astype(np.uint16) << 8) | pred
+        hist = np.bincount(joint.ravel(), minlength=_BINS).reshape(256, 256)
+        bad_pred = _bad_values(hist.sum(axis=0), num_classes)
+        if bad_pred:
+            raise DataError(
+                f"prediction file {pred_path} has values {bad_pred} outside 0..{num_classes - 1} "
+                f"and 255; wrong --num-classes, or not a class-id map?"
+            )
+        bad_gt = _bad_values(hist.sum(axis=1), num_classes)
+        if bad_gt:
+            raise DataError(
+                f"ground-truth file {gt_path} has values {bad_gt} outside 0..{num_classes - 1} "
+                f"and 255; wrong --num-classes?"
+            )
+        total += hist.ravel()
+    return total
+
+
+def _png_stems(directory: Path, role: str) -> dict[str, str]:
+    if not directory.is_dir():
+        raise DataError(f"{role} directory {directory} does not exist")
+    with os.scandir(directory) as entries:
+        return {
+            entry.name[:-4]: entry.path
+            for entry in entries
+            if entry.name.lower().endswith(".png") and not entry.name.startswith(".")
+        }
+
+
+def default_workers() -> int:
+    """CPUs this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def iou_from_confusion(confusion: np.ndarray, pred_ignored: np.ndarray | None = None) -> np.ndarray:
+    """IoU float64 [C] from confusion int [C, C] (rows truth) and optional misses [C]; NaN if absent."""
+    tp = np.diag(confusion).astype(np.float64)
+    gt_total = confusion.sum(axis=1) + (0 if pred_ignored is None else pred_ignored)
+    union = gt_total + confusion.sum(axis=0) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def evaluate_label_dirs(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    num_classes: int,
+    *,
+    ids: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    workers: int = 0,
+    missing_as_background: bool = False,
+) -> LabelEvaluation:
+    """Confusion matrix and IoU of the label PNGs in ``pred_dir`` against those in ``gt_dir``.
+
+    Args:
+        pred_dir: predictions / pseudo-labels, ``<id>.png``.
+        gt_dir: ground truth, ``<id>.png``.
+        num_classes: C including background (21 for VOC).
+        ids: evaluate these ids only (each must have ground truth); default all ground-truth ids.
+        ignore_index: the ignore value; only 255 is supported (uint8 maps).
+        workers: processes to use; 0 or 1 runs in this process.
+        missing_as_background: count ground-truth ids without a prediction as all background
+            instead of leaving them out (they are listed in ``missing_predictions`` either way).
+
+    Raises:
+        DataError: missing directory, unknown ids, no ids in common, a file that cannot be read,
+            size mismatch, or values outside [0, C) other than 255 (the message names the file).
+    """
+    if ignore_index != 255:
+        raise ValueError("only ignore_index=255 is supported (labels are uint8 PNGs)")
+    if not 1 <= num_classes <= 255:
+        raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
+    gt_files = _png_stems(Path(gt_dir), "ground-truth")
+    pred_files = _png_stems(Path(pred_dir), "prediction")
+    if ids is None:
+        wanted = sorted(gt_files)
+    else:
+        wanted = list(dict.fromkeys(ids))
+        unknown = [i for i in wanted if i not in gt_files]
+        if unknown:
+            raise DataError(
+                f"{len(unknown)} requested ids have no ground truth in {gt_dir} "
+                f"(first: {unknown[:5]})"
+            )
+    missing = [i for i in wanted if i not in pred_files]
+    if len(missing) == len(wanted):
+        raise DataError(
+            f"no ids in common between predictions {pred_dir} ({len(pred_files)} PNGs) and ground "
+            f"truth {gt_dir} ({len(wanted)} ids); files are matched by name without extension"
+        )
+    wanted_set = set(wanted)
+    extra = sorted(i for i in pred_files if i not in wanted_set)
+    tasks: list[_Task] = [
+        (i, gt_files[i], pred_files.get(i))
+        for i in wanted
+        if i in pred_files or missing_as_background
+    ]
+
+    total = np.zeros(_BINS, dtype=np.int64)
+    if workers <= 1 or len(tasks) < 2 * workers:
+        total += _histogram_chunk((tasks, num_classes))
+    else:
+        # Several chunks per worker balance uneven image sizes; each returns one summed histogram.
+        num_chunks = min(len(tasks), workers * 8)
+        chunks = [(tasks[k::num_chunks], num_classes) for k in range(num_chunks)]
+        with multiprocessing.get_context().Pool(workers) as pool:
+            for hist in pool.imap_unordered(_histogram_chunk, chunks):
+                total += hist
+    joint = total.reshape(256, 256)
+    confusion = joint[:num_classes, :num_classes].copy()
+    pred_ignored = joint[:num_classes, 255].copy()
+    iou = iou_from_confusion(confusion, pred_ignored)
+    miou = float(np.nanmean(iou)) if not np.isnan(iou).all() else float("nan")
+    return LabelEvaluation(
+        confusion=confusion,
+        pred_ignored=pred_ignored,
+        iou=iou,
+        miou=miou,
+        num_images=len(tasks),
+        missing_predictions=sorted(missing),
+        extra_predictions=extra,
+        missing_as_background=missing_as_background,
+    )
+
+
+def _full_names(result: LabelEvaluation, class_names: Sequence[str]) -> list[str]:
+    """C names including background; foreground-only lists (C - 1 names) get "background" first."""
+    names = list(class_names)
+    if len(names) == result.num_classes - 1:
+        names = ["background", *names]
+    if len(names) != result.num_classes:
+        raise ValueError(
+            f"{len(names)} class names given for {result.num_classes} classes (with background)"
+        )
+    return names
+
+
+def format_table(result: LabelEvaluation, class_names: Sequence[str]) -> str:
+    """Per-class IoU (percent; '-' for absent classes) and the mIoU as a plain-text table."""
+    names = _full_names(result, class_names)
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  {'IoU':>6}", "-" * (width + 8)]
+    for name, value in zip(names, result.iou, strict=True):
+        shown = "-" if np.isnan(value) else f"{100 * value:6.2f}"
+        lines.append(f"{name:<{width}}  {shown:>6}")
+    lines.append("-" * (width + 8))
+    lines.append(f"{'mIoU':<{width}}  {100 * result.miou:6.2f}")
+    lines.append(f"{result.num_images} images")
+    if result.missing_predictions:
+        how = "counted as background" if result.missing_as_background else "left out"
+        lines.append(f"{len(result.missing_predictions)} ids without prediction ({how})")
+    if result.pred_ignored.any():
+        lines.append(f"{100 * result.ignored_fraction:.2f}% of pixels predicted 255 (misses)")
+    return "\n".join(lines)
+
+
+def to_json(result: LabelEvaluation, class_names: Sequence[str]) -> dict[str, Any]:
+    """JSON-ready dict; IoUs are fractions in [0, 1] and absent classes are null."""
+    names = _full_names(result, class_names)
+    return {
+        "miou": None if np.isnan(result.miou) else result.miou,
+        "iou": {
+            n: None if np.isnan(v) else float(v) for n, v in zip(names, result.iou, strict=True)
+        },
+        "num_images": result.num_images,
+        "num_classes": result.num_classes,
+        "class_names": names,
+        "missing_predictions": result.missing_predictions,
+        "missing_as_background": result.missing_as_background,
+        "num_extra_predictions": len(result.extra_predictions),
+        "ignored_fraction": result.ignored_fraction,
+        "pred_ignored": result.pred_ignored.tolist(),
+        "confusion": result.confusion.tolist(),
+    }
+
+
+def _class_names(spec: str | None, num_classes: int | None) -> list[str]:
+    """Names with background from 'voc', 'coco', a file (one foreground name per line) or N."""
+    if spec is None:
+        if num_classes is None:
+            spec = "voc"
+        else:
+            return ["background", *(f"class_{i}" for i in range(1, num_classes))]
+    if spec in ("voc", "coco"):
+        from wsss_pl.classes import VOCABULARIES  # torch import: keep it out of worker start-up
+
+        names = ["background", *VOCABULARIES[spec].class_names]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(f"--classes {spec!r} is neither 'voc', 'coco' nor an existing file")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        names = [n for n in names if n]
+        if not names:
+            raise DataError(f"class names file {path} is empty")
+        if names[0].lower() != "background":
+            names = ["background", *names]
+    if num_classes is not None and num_classes != len(names):
+        raise DataError(
+            f"--num-classes {num_classes} disagrees with --classes {spec!r}, which has "
+            f"{len(names)} classes including background"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wsss_pl evaluate-labels",
+        description="mIoU of a folder of label PNGs against a folder of ground-truth PNGs.",
+    )
+    parser.add_argument("--pred", required=True, type=Path, help="folder of predicted <id>.png")
+    parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth <id>.png")
+    parser.add_argument(
+        "--num-classes", type=int, help="C with background (default from --classes)"
+    )
+    parser.add_argument(
+        "--classes", help="voc, coco, or a file with one class name per line (default voc)"
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument(
+        "--missing-as-background",
+        action="store_true",
+        help="count ground-truth ids without a prediction as all background (default: leave out)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; returns 0 on success, 2 on bad input (message on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed usage / help
+        return int(exit_.code or 0)
+    try:
+        names = _class_names(args.classes, args.num_classes)
+        result = evaluate_label_dirs(
+            args.pred,
+            args.gt,
+            len(names),
+            workers=args.workers,
+            missing_as_background=args.missing_as_background,
+        )
+    except (WsssError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if result.missing_predictions and not result.missing_as_background:
+        print(
+            f"warning: {len(result.missing_predictions)} ground-truth ids have no prediction and "
+            f"were left out (first: {result.missing_predictions[:5]}); "
+            "--missing-as-background counts them",
+            file=sys.stderr,
+        )
+    if args.format == "json":
+        print(json.dumps(to_json(result, names), indent=1))
+    else:
+        print(format_table(result, names))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""On-disk cache of pseudo-labels: one palette PNG plus one metadata JSON per image.
+
+Layout: ``<root>/<dataset>/<fingerprint>/`` holds ``manifest.json`` and, per sample id,
+``<id>.json`` (instance metadata) and ``<id>.png`` (uint8 label map, palette PNG, viewable).
+The fingerprint hashes the settings that change labels, so a changed config never reuses stale
+labels and an unchanged one never recomputes. Ids with characters unsafe in file names ("/", "%",
+a leading ".") are percent-encoded, reversibly.
+
+Writes are atomic (temp file + rename) and ordered: the JSON first, the PNG last, so a PNG on disk
+means the entry is complete. A PNG that still fails to decode (e.g. torn by a crash on a filesystem
+without atomic rename) is moved aside to ``<id>.png.corrupt`` and reported missing, so it is
+recomputed instead of stopping training.
+
+Metadata JSON schema (one object per image, written by the labeler):
+
+    {
+      "id": str,                     # sample id
+      "height": int, "width": int,   # label map size
+      "instances": [                 # every detection that was kept, in detection order
+        {
+          "label": int,              # class id 1..C
+          "class": str,              # class name
+          "phrase": str,             # caption phrase the detector fired on (class or assist word)
+          "score": float,            # detection confidence
+          "box": [x0, y0, x1, y1],   # float pixels
+          "rle": {"size": [H, W], "counts": str}  # pycocotools RLE of the raw SAM mask
+        }, ...
+      ],
+      "missing_classes": [str],      # image-level classes that got no box
+      "num_unmatched_boxes": int     # boxes whose phrase matched no class (dropped)
+    }
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+import urllib.parse
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+import wsss_pl
+from wsss_pl.errors import CacheError, CorruptFileError, DataError
+from wsss_pl.io import read_json, read_label, write_json, write_label
+
+LABEL_FORMAT_VERSION = 1
+"""Bump when the meaning of a stored label changes; it is part of the fingerprint."""
+
+MANIFEST_NAME = "manifest.json"
+_TEMP_SUFFIX = ".tmp"  # wsss_pl.io and this module name temp files ".<target>.<random>.tmp"
+
+
+def _canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _normalised(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as they read back from JSON (tuples become lists); raises CacheError if not JSON."""
+    try:
+        return json.loads(_canonical_json(dict(settings)))
+    except (TypeError, ValueError) as error:
+        raise CacheError(
+            f"pseudo-label cache settings must be JSON-serialisable (str, numbers, bools, lists, "
+            f"dicts): {error}"
+        ) from error
+
+
+def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON values differ, as 'key: expected ... vs found ...' lines."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        lines: list[str] = []
+        for key in sorted(set(expected) | set(found)):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in found:
+                lines.append(f"{name}: given {expected[key]!r}, manifest has no such key")
+            elif key not in expected:
+                lines.append(f"{name}: not given, manifest has {found[key]!r}")
+            else:
+                lines.extend(_differences(expected[key], found[key], name))
+        return lines
+    if expected != found:
+        return [f"{prefix or '<settings>'}: given {expected!r}, manifest has {found!r}"]
+    return []
+
+
+def encode_id(sample_id: str) -> str:
+    """File-name-safe, reversible form of a sample id (percent-encoding; see ``decode_id``)."""
+    if not sample_id:
+        raise ValueError("sample id must be a non-empty string")
+    encoded = urllib.parse.quote(sample_id, safe="-_.~")
+    # A leading "." would hide the file and clash with temp files; "." and ".." are not names.
+    if encoded.startswith("."):
+        encoded = "%2E" + encoded[1:]
+    return encoded
+
+
+def decode_id(file_stem: str) -> str:
+    """Inverse of ``encode_id``."""
+    return urllib.parse.unquote(file_stem)
+
+
+def encode_rle(mask: torch.Tensor) -> dict[str, Any]:
+    """pycocotools RLE of a bool [H, W] mask as a JSON-ready dict {"size": [H, W], "counts": str}."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be [H, W], got shape {tuple(mask.shape)}")
+    array = np.asfortranarray(mask.detach().cpu().numpy().astype(np.uint8))
+    rle = mask_utils.encode(array)
+    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def decode_rle(rle: Mapping[str, Any]) -> torch.Tensor:
+    """Inverse of ``encode_rle``: bool [H, W] tensor from {"size", "counts" (str or bytes)}."""
+    counts = rle["counts"]
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    array = mask_utils.decode({"size": list(rle["size"]), "counts": counts})
+    return torch.from_numpy(array.astype(bool))
+
+
+class PseudoLabelCache:
+    """Pseudo-labels of one dataset under one settings fingerprint.
+
+    Safe for several processes (DDP ranks, DataLoader workers) sharing one filesystem: ``open`` may
+    run concurrently, ``store`` of the same id by two writers leaves one complete entry.
+
+    Args:
+        root: cache root directory.
+        dataset: dataset name (a path component, e.g. ``"voc"``).
+        settings: everything that changes the labels (model ids, checkpoint hashes, thresholds,
+            vocabulary, assist words, merge rule...); JSON-serialisable.
+        palette: flat [r, g, b, ...] palette of the PNGs (e.g. ``wsss_pl.classes.voc_palette()``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        dataset: str,
+        settings: Mapping[str, Any],
+        palette: Sequence[int],
+    ) -> None:
+        if not dataset or "/" in dataset or dataset in (".", ".."):
+            raise ValueError(f"dataset name {dataset!r} must be a single path component")
+        self.root = Path(root)
+        self.dataset = dataset
+        self.settings = _normalised(settings)
+        self.palette = list(palette)
+        self._opened = False
+        # Computed once: path() runs per sample on the loader's hot path.
+        payload = _canonical_json(
+            {"settings": self.settings, "label_format_version": LABEL_FORMAT_VERSION}
+        )
+        self._fingerprint = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+    @property
+    def fingerprint(self) -> str:
+        """First 16 hex digits of sha256 over the canonical settings JSON + label format version."""
+        return self._fingerprint
+
+    @property
+    def directory(self) -> Path:
+        return self.root / self.dataset / self.fingerprint
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST_NAME
+
+    def open(self) -> None:
+        """Create the directory and its manifest, or check an existing manifest.
+
+        Raises:
+            CacheError: the existing manifest's settings or format version differ from ours.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "settings": self.settings,
+            "fingerprint": self.fingerprint,
+            "label_format_version": LABEL_FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wsss_pl_version": wsss_pl.__version__,
+        }
+        if not self.manifest_path.exists():
+            self._publish_manifest(manifest)
+        self._check_manifest()
+        self._opened = True
+
+    def _publish_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest unless one exists; concurrent callers all succeed.
+
+        os.link publishes the complete temp file only if no manifest exists yet (first writer
+        wins, the others then compare); filesystems without hard links fall back to os.replace,
+        which is also fine because every writer's settings are then checked to be equal.
+        """
+        fd, tmp_name = tempfile.mkstemp(
+            dir=self.directory, prefix=f".{MANIFEST_NAME}.", suffix=_TEMP_SUFFIX
+        )
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp_name, self.manifest_path)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links here (some network / FUSE filesystems)
+                os.replace(tmp_name, self.manifest_path)
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
+    def _check_manifest(self) -> None:
+        try:
+            found = read_json(self.manifest_path)
+        except CorruptFileError as error:
+            raise CacheError(
+                f"pseudo-label cache manifest {self.manifest_path} is unreadable ({error}); "
+                "delete it to re-create it from the current settings"
+            ) from error
+        problems = _differences(self.settings, found.get("settings"))
+        if found.get("label_format_version") != LABEL_FORMAT_VERSION:
+            problems.append(
+                f"label_format_version: given {LABEL_FORMAT_VERSION}, manifest has "
+                f"{found.get('label_format_version')!r}"
+            )
+        if problems:
+            raise CacheError(
+                f"pseudo-label cache {self.directory} was made with different settings:\n  "
+                + "\n  ".join(problems)
+                + "\nUse another cache root, or delete that directory to relabel."
+            )
+
+    def path(self, sample_id: str) -> Path:
+        """Path of the label PNG of ``sample_id`` (which need not exist)."""
+        return self.directory / f"{encode_id(sample_id)}.png"
+
+    def metadata_path(self, sample_id: str) -> Path:
+        return self.directory / f"{encode_id(sample_id)}.json"
+
+    def has(self, sample_id: str) -> bool:
+        """Whether a complete entry (its PNG) exists."""
+        return self.path(sample_id).is_file()
+
+    def load(self, sample_id: str) -> torch.Tensor | None:
+        """uint8 [H, W] label of ``sample_id``; None when missing or corrupt (moved aside)."""
+        path = self.path(sample_id)
+        if not path.is_file():
+            return None
+        try:
+            return read_label(path)
+        except CorruptFileError as error:
+            if not path.is_file():  # another rank moved it aside meanwhile
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+            warnings.warn(
+                f"corrupt cached pseudo-label {path} moved aside to {path.name}.corrupt; it will "
+                f"be recomputed ({error})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        except DataError:  # vanished between the check and the read
+            return None
+
+    def load_metadata(self, sample_id: str) -> dict[str, Any] | None:
+        """Instance metadata of ``sample_id`` (schema in the module docstring), or None."""
+        path = self.metadata_path(sample_id)
+        if not path.is_file():
+            return None
+        try:
+            return read_json(path)
+        except CorruptFileError as error:
+            warnings.warn(str(error), RuntimeWarning, stacklevel=2)
+            return None
+
+    def store(self, sample_id: str, label: torch.Tensor, metadata: Mapping[str, Any]) -> None:
+        """Atomically write metadata JSON, then the uint8 [H, W] label PNG (the completion mark)."""
+        if label.dtype != torch.uint8 or label.ndim != 2:
+            raise ValueError(
+                f"label of {sample_id!r} must be uint8 [H, W], got {label.dtype} "
+                f"{tuple(label.shape)}"
+            )
+        size = (metadata.get("height"), metadata.get("width"))
+        if size != (None, None) and size != tuple(label.shape):
+            raise ValueError(
+                f"metadata of {sample_id!r} says height, width = {size} but the label is "
+                f"{tuple(label.shape)}"
+            )
+        if not self._opened:
+            self.open()
+        write_json(self.metadata_path(sample_id), dict(metadata))
+        write_label(self.path(sample_id), label, self.palette)
+
+    def ids(self) -> list[str]:
+        """Sorted ids of complete entries."""
+        if not self.directory.is_dir():
+            return []
+        with os.scandir(self.directory) as entries:
+            stems = [
+                entry.name[: -len(".png")]
+                for entry in entries
+                if entry.name.endswith(".png") and not entry.name.startswith(".")
+            ]
+        return sorted(decode_id(stem) for stem in stems)
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def remove_stale_temp_files(self, older_than_s: float = 3600) -> int:
+        """Delete temp files of killed writers older than ``older_than_s``; returns how many."""
+        if not self.directory.is_dir():
+            return 0
+        deadline = time.time() - older_than_s
+        removed = 0
+        for path in self.directory.glob(f".*{_TEMP_SUFFIX}"):
+            try:
+                if path.stat().st_mtime < deadline:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another rank cleaned it up first
+                continue
+        return removed
+
+    def __repr__(self) -> str:
+        return f"PseudoLabelCache({str(self.directory)!r})"
