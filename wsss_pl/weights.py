@@ -1,0 +1,450 @@
+"""Known checkpoints (URL, sha256), cached downloads, hub models, and safe state-dict loading.
+
+A checkpoint is named either by a path (used as is) or by a registry name such as ``sam_vit_h``,
+which resolves to ``<cache>/<filename>``, downloaded and verified when missing. Grounding DINO comes
+from the Hugging Face hub as a model directory. Loading always uses ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsss_pl.download import (
+    download_file,
+    file_sha256,
+    read_sha256_sidecar,
+    write_sha256_sidecar,
+)
+from wsss_pl.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "WSSS_PL_CACHE"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A downloadable checkpoint file with its expected sha256 (full or prefix)."""
+
+    name: str
+    url: str
+    filename: str
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    description: str = ""
+    size_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.sha256 is None) == (self.sha256_prefix is None):
+            raise ValueError(f"checkpoint {self.name!r}: give exactly one of sha256, sha256_prefix")
+
+    def matches(self, digest: str) -> bool:
+        """Whether a file's sha256 hex digest is the expected one."""
+        if self.sha256 is not None:
+            return digest == self.sha256
+        return digest.startswith(str(self.sha256_prefix))
+
+    @property
+    def expected(self) -> str:
+        return f"sha256 {self.sha256}" if self.sha256 else f"sha256 prefix {self.sha256_prefix}"
+
+
+_SAM = "https://dl.fbaipublicfiles.com/segment_anything/"
+_TORCHVISION = "https://download.pytorch.org/models/"
+
+CHECKPOINTS: dict[str, Checkpoint] = {
+    checkpoint.name: checkpoint
+    for checkpoint in (
+        # SAM sha256 + sizes: computational-cell-analytics/micro-sam, micro_sam/util.py
+        # (_CHECKSUMS, which verifies every download from these URLs); the same three digests
+        # are pinned independently by several other public projects.
+        Checkpoint(
+            name="sam_vit_h",
+            url=_SAM + "sam_vit_h_4b8939.pth",
+            filename="sam_vit_h_4b8939.pth",
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            description="SAM ViT-H (default mask model, 2.4 GiB)",
+            size_bytes=2_564_550_879,
+        ),
+        Checkpoint(
+            name="sam_vit_l",
+            url=_SAM + "sam_vit_l_0b3195.pth",
+            filename="sam_vit_l_0b3195.pth",
+            sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            description="SAM ViT-L (1.2 GiB)",
+            size_bytes=1_249_524_607,
+        ),
+        Checkpoint(
+            name="sam_vit_b",
+            url=_SAM + "sam_vit_b_01ec64.pth",
+            filename="sam_vit_b_01ec64.pth",
+            sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            description="SAM ViT-B (358 MiB)",
+            size_bytes=375_042_383,
+        ),
+        # torchvision names its files <arch>-<first 8 hex of sha256>.pth and checks that prefix
+        # (torch.hub check_hash); URLs from torchvision 0.29 ResNet*_Weights.IMAGENET1K_V1.
+        Checkpoint(
+            name="resnet101_imagenet",
+            url=_TORCHVISION + "resnet101-63fe2227.pth",
+            filename="resnet101-63fe2227.pth",
+            sha256_prefix="63fe2227",
+            description="torchvision ResNet-101 ImageNet-1k V1 (DeepLab-v2 backbone init)",
+        ),
+        Checkpoint(
+            name="resnet50_imagenet",
+            url=_TORCHVISION + "resnet50-0676ba61.pth",
+            filename="resnet50-0676ba61.pth",
+            sha256_prefix="0676ba61",
+            description="torchvision ResNet-50 ImageNet-1k V1",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A Hugging Face hub model repository and the files a transformers model needs from it."""
+
+    name: str
+    repo_id: str
+    revision: str | None = None  # None: the repo's default branch
+    required_files: tuple[str, ...] = ("config.json",)
+    optional_files: tuple[str, ...] = ()
+    description: str = ""
+
+
+_GROUNDING_DINO_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+# Revisions are left at the default branch: no commit of these repos was verified here to hold
+# every required file. The resolved snapshot directory names its commit for the cache fingerprint.
+HUB_MODELS: dict[str, HubModel] = {
+    model.name: model
+    for model in (
+        HubModel(
+            name="grounding-dino-tiny",
+            repo_id="IDEA-Research/grounding-dino-tiny",
+            required_files=_GROUNDING_DINO_FILES,
+            optional_files=("added_tokens.json",),
+            description="Grounding DINO Swin-T (the paper's detector, 689 MB)",
+        ),
+        HubModel(
+            name="grounding-dino-base",
+            repo_id="IDEA-Research/grounding-dino-base",
+            required_files=_GROUNDING_DINO_FILES,
+            optional_files=("added_tokens.json",),
+            description="Grounding DINO Swin-B (933 MB)",
+        ),
+    )
+}
+
+
+def default_cache_dir() -> Path:
+    """``$WSSS_PL_CACHE/checkpoints``, else ``${XDG_CACHE_HOME:-~/.cache}/wsss_pl/checkpoints``."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root).expanduser() / "checkpoints"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        / "wsss_pl"
+        / "checkpoints"
+    )
+
+
+def _known_names() -> str:
+    return ", ".join(f"{name} ({c.description})" for name, c in CHECKPOINTS.items())
+
+
+def resolve_checkpoint(
+    name_or_path: str | Path, cache_dir: str | Path | None = None, download: bool = True
+) -> Path:
+    """Path of a checkpoint given as an existing path or as a registry name.
+
+    A registry name resolves to ``cache_dir / filename`` (default :func:`default_cache_dir`);
+    a missing or damaged file is downloaded and verified when ``download`` is true, otherwise a
+    WeightsError says which URL to fetch and exactly where to put it.
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.exists():
+        return candidate
+    checkpoint = CHECKPOINTS.get(str(name_or_path))
+    if checkpoint is None:
+        raise WeightsError(
+            f"checkpoint {str(name_or_path)!r} is neither an existing file nor a known name; "
+            f"pass the path of a checkpoint file or one of: {_known_names()}"
+        )
+    target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = target / checkpoint.filename
+    if target.is_file():
+        digest = checkpoint_fingerprint(target)
+        if checkpoint.matches(digest):
+            return target
+        if not download:
+            raise WeightsError(
+                f"{target} has sha256 {digest} but {checkpoint.name} must have "
+                f"{checkpoint.expected}: "
+                f"the file is damaged or a different version; delete it and download "
+                f"{checkpoint.url} again (or allow downloading)"
+            )
+        log.warning("%s fails its checksum; downloading %s again", target, checkpoint.url)
+    elif not download:
+        raise WeightsError(
+            f"checkpoint {checkpoint.name} ({checkpoint.description}) is not at {target} and "
+            f"downloading is off: download {checkpoint.url} on a machine with internet access and "
+            f"put it at exactly {target} ({checkpoint.expected}), or pass the file's path instead "
+            "of the name"
+        )
+    return download_file(
+        checkpoint.url,
+        target,
+        sha256=checkpoint.sha256,
+        sha256_prefix=checkpoint.sha256_prefix,
+        error_type=WeightsError,
+    )
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+_FINGERPRINTS_LOCK = threading.Lock()
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """sha256 of a checkpoint file, hashed at most once per (path, size, mtime).
+
+    Memoised in the process and recorded in a ``<file>.sha256`` sidecar, so a 2.5 GB SAM file is
+    read once, not on every run that fingerprints the pseudo-label cache.
+    """
+    path = Path(path).expanduser().resolve()
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise WeightsError(f"cannot fingerprint checkpoint {path}: {error}") from error
+    key = (str(path), info.st_size, info.st_mtime_ns)
+    with _FINGERPRINTS_LOCK:
+        cached = _FINGERPRINTS.get(key)
+    if cached is not None:
+        return cached
+    digest = read_sha256_sidecar(path)
+    if digest is None:
+        digest = file_sha256(path)
+        write_sha256_sidecar(path, digest)
+    with _FINGERPRINTS_LOCK:
+        _FINGERPRINTS[key] = digest
+    return digest
+
+
+def resolve_hub_model(
+    name_or_dir: str | Path, download: bool = True, cache_dir: str | Path | None = None
+) -> str:
+    """Local directory of a transformers model given as a directory, registry name or hub id.
+
+    A directory containing ``config.json`` is returned as is. Otherwise the name (a key of
+    :data:`HUB_MODELS` or an ``owner/repo`` id) is fetched with
+    ``huggingface_hub.snapshot_download`` into the hub cache (``cache_dir`` or the HF default); with ``download=False`` or
+    ``HF_HUB_OFFLINE=1`` only the cache is used. Missing files raise a WeightsError that says how to
+    fetch the model on another machine and which directory to pass instead.
+    """
+    directory = Path(name_or_dir).expanduser()
+    if directory.is_dir():
+        if (directory / "config.json").is_file():
+            return str(directory)
+        raise WeightsError(
+            f"{directory} is not a model directory (no config.json); pass the folder that "
+            "holds config.json and the weights, or a known model name: " + ", ".join(HUB_MODELS)
+        )
+    model = _hub_model(str(name_or_dir))
+    offline = not download or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+    )
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            model.repo_id,
+            revision=model.revision,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+            allow_patterns=[*model.required_files, *model.optional_files],
+            local_files_only=offline,
+        )
+    except Exception as error:  # hub, network and offline-cache errors all mean the same to users
+        raise WeightsError(_hub_help(model, offline, f"{type(error).__name__}: {error}")) from error
+    missing = [name for name in model.required_files if not (Path(local) / name).is_file()]
+    if missing:
+        raise WeightsError(_hub_help(model, offline, f"{local} lacks {', '.join(missing)}"))
+    return str(local)
+
+
+def _hub_model(name: str) -> HubModel:
+    if name in HUB_MODELS:
+        return HUB_MODELS[name]
+    for model in HUB_MODELS.values():
+        if model.repo_id == name:
+            return model
+    if name.count("/") == 1 and all(name.split("/")):
+        return HubModel(name=name, repo_id=name)
+    raise WeightsError(
+        f"unknown hub model {name!r}: not a directory, not an 'owner/repo' hub id, and not one of "
+        + ", ".join(f"{key} ({m.repo_id})" for key, m in HUB_MODELS.items())
+    )
+
+
+def _hub_help(model: HubModel, offline: bool, reason: str) -> str:
+    mode = "offline (HF_HUB_OFFLINE=1 or download=False)" if offline else "online"
+    revision = f" --revision {model.revision}" if model.revision else ""
+    files = " ".join([*model.required_files, *model.optional_files])
+    return (
+        f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}.\n"
+        f"On a machine with internet access run\n"
+        f"    hf download {model.repo_id}{revision} {files} --local-dir DIR\n"
+        f"(huggingface_hub < 1.0: huggingface-cli download ... --local-dir DIR), copy DIR here and "
+        f"pass DIR instead of {model.name!r}."
+    )
+
+
+# Keys under which trainers commonly nest a state dict, tried in this order.
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "module")
+
+
+def load_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors on the CPU without running pickled code.
+
+    Uses ``torch.load(weights_only=True)`` (or safetensors for ``*.safetensors``), unwraps common
+    containers (``{"state_dict": ...}``, ``{"model": ...}``, ...) or the one named by ``key``
+    (dots descend: ``"ema.model"``), and strips DDP's ``module.`` prefixes. A missing, truncated or
+    non-tensor-only file raises a WeightsError naming the path and what to do.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"checkpoint file {path} does not exist; check the path, or use a registry name "
+            f"({', '.join(CHECKPOINTS)}) to download a known checkpoint"
+        )
+    loaded = _load(path)
+    obj = _select(loaded, key, path) if key is not None else _unwrap(loaded, path)
+    state: dict[str, torch.Tensor] = {}
+    for name, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            state[_strip_module(str(name))] = value
+    if not state:
+        raise WeightsError(
+            f"{path} holds no tensors under the selected entry; its keys are "
+            f"{_describe_keys(loaded)}: pass key= naming the entry that holds the state dict"
+        )
+    if len(state) < len(obj):
+        log.debug("%s: ignored %d non-tensor entries", path, len(obj) - len(state))
+    return state
+
+
+def _load(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as error:  # SafetensorError, OSError: a damaged file either way
+            raise WeightsError(
+                f"{path} is not a readable safetensors file ({error}); it is truncated or "
+                "damaged: download it again"
+            ) from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise WeightsError(
+                f"{path} contains pickled Python objects besides tensors, which wsss_pl refuses "
+                "to load (weights_only=True: unpickling could run arbitrary code). If you trust "
+                "the file, re-save just its tensors once, e.g. torch.save(torch.load(path, "
+                "weights_only=False)['state_dict'], new_path), and pass new_path"
+            ) from error
+        raise WeightsError(_corrupt(path, error)) from error
+    except Exception as error:  # torch raises RuntimeError/KeyError/EOFError... for bad files
+        raise WeightsError(_corrupt(path, error)) from error
+
+
+def _corrupt(path: Path, error: BaseException) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (
+        f"{path} cannot be read as a PyTorch checkpoint ({first_line}); it is probably truncated "
+        "or damaged (an interrupted download or copy): delete it and download or copy it again"
+    )
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
+    for _ in range(4):  # nested containers, e.g. {"model": {"state_dict": ...}}
+        if (
+            isinstance(obj, Mapping)
+            and obj
+            and all(isinstance(v, torch.Tensor) for v in obj.values())
+        ):
+            return obj
+        inner = next(
+            (
+                obj[k]
+                for k in _CONTAINER_KEYS
+                if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)
+            ),
+            None,
+        )
+        if inner is None:
+            break
+        obj = inner
+    if _is_state_dict(obj):
+        return obj
+    raise WeightsError(
+        f"{path} does not look like a state dict (keys: {_describe_keys(obj)}); "
+        "pass key= naming the entry that holds it"
+    )
+
+
+def _select(obj: Any, key: str, path: Path) -> Mapping[str, Any]:
+    if isinstance(obj, Mapping) and key in obj:
+        selected = obj[key]
+    else:
+        selected = obj
+        for part in key.split("."):
+            if not isinstance(selected, Mapping) or part not in selected:
+                raise WeightsError(
+                    f"{path} has no entry {key!r}; its keys are {_describe_keys(obj)}"
+                )
+            selected = selected[part]
+    if not isinstance(selected, Mapping):
+        raise WeightsError(
+            f"entry {key!r} of {path} is a {type(selected).__name__}, not a state dict"
+        )
+    return selected
+
+
+def _describe_keys(obj: Any) -> str:
+    if not isinstance(obj, Mapping):
+        return f"(a {type(obj).__name__}, not a dict)"
+    keys = [str(k) for k in obj]
+    return ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
+
+
+def _strip_module(name: str) -> str:
+    while name.startswith("module."):
+        name = name[len("module.") :]
+    return name
