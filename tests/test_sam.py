@@ -1,0 +1,115 @@
+"""SamSegmenter on a tiny random SAM, checked against segment-anything's own SamPredictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from segment_anything import SamPredictor
+from torch import Tensor
+
+from wsss_pl.errors import WeightsError
+from wsss_pl.labeling.sam import SamSegmenter
+from wsss_pl.labeling.tiny import tiny_sam, tiny_segmenter
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> SamSegmenter:
+    return tiny_segmenter(encoder_batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    sizes = [(120, 160), (150, 90), (64, 64)]
+    return [
+        torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in sizes
+    ]
+
+
+BOXES = [
+    torch.tensor([[10.0, 20.0, 100.0, 110.0], [0.0, 0.0, 160.0, 120.0], [50.0, 5.0, 60.0, 15.0]]),
+    torch.tensor([[5.0, 5.0, 80.0, 140.0]]),
+    torch.tensor([[0.0, 0.0, 32.0, 32.0], [16.0, 16.0, 64.0, 64.0]]),
+]
+
+
+def count_encoder_batches(segmenter: SamSegmenter, monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    encoder = segmenter.sam.image_encoder
+    original = encoder.forward
+
+    def forward(x: Tensor) -> Tensor:
+        sizes.append(x.shape[0])
+        return original(x)
+
+    monkeypatch.setattr(encoder, "forward", forward)
+    return sizes
+
+
+def test_masks_shapes_per_image(segmenter, images) -> None:
+    results = segmenter(images, BOXES)
+    assert len(results) == 3
+    for (masks, scores), image, boxes in zip(results, images, BOXES, strict=True):
+        assert masks.dtype == torch.bool and masks.shape == (len(boxes), *image.shape[-2:])
+        assert scores.dtype == torch.float32 and scores.shape == (len(boxes),)
+
+
+def test_matches_segment_anything_predictor(segmenter, images) -> None:
+    """Same masks as SamPredictor.predict_torch on the same resized image and boxes."""
+    image, boxes = images[0], BOXES[0]
+    masks, scores = segmenter([image], [boxes])[0]
+    predictor = SamPredictor(segmenter.sam)
+    resized = F.interpolate(
+        image[None].float(), (768, 1024), mode="bilinear", align_corners=False, antialias=True
+    )
+    predictor.set_torch_image(resized, tuple(image.shape[-2:]))
+    prompt = predictor.transform.apply_boxes_torch(boxes, tuple(image.shape[-2:]))
+    expected, iou, _ = predictor.predict_torch(None, None, boxes=prompt, multimask_output=False)
+    assert torch.equal(masks, expected[:, 0])
+    assert torch.allclose(scores, iou[:, 0])
+
+
+def test_images_without_boxes_are_not_encoded(segmenter, images, monkeypatch) -> None:
+    sizes = count_encoder_batches(segmenter, monkeypatch)
+    none = [torch.zeros(0, 4)] * 3
+    results = segmenter(images, none)
+    assert sizes == []
+    for (masks, scores), image in zip(results, images, strict=True):
+        assert masks.shape == (0, *image.shape[-2:]) and masks.dtype == torch.bool
+        assert scores.shape == (0,)
+    results = segmenter(images, [BOXES[0], torch.zeros(0, 4), BOXES[2]])
+    assert sizes == [2]
+    assert results[1][0].shape == (0, 150, 90)
+    assert results[2][0].shape == (2, 64, 64)
+
+
+def test_batched_encoder_equals_one_by_one(segmenter, images, monkeypatch) -> None:
+    batched = segmenter(images, BOXES)
+    single = SamSegmenter(segmenter.sam, encoder_batch_size=1)
+    sizes = count_encoder_batches(single, monkeypatch)
+    one_by_one = single(images, BOXES)
+    assert sizes == [1, 1, 1]
+    for (masks_a, scores_a), (masks_b, scores_b) in zip(batched, one_by_one, strict=True):
+        # float noise between batch sizes may flip a pixel sitting exactly on the threshold
+        assert (masks_a != masks_b).float().mean() < 1e-3
+        assert torch.allclose(scores_a, scores_b, atol=1e-5)
+
+
+def test_stays_frozen_in_train_mode(segmenter) -> None:
+    segmenter.train()
+    assert not segmenter.sam.training
+    assert not any(p.requires_grad for p in segmenter.parameters())
+
+
+def test_from_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="missing.pth"):
+        SamSegmenter.from_checkpoint("vit_b", tmp_path / "missing.pth")
+    wrong = tmp_path / "tiny.pth"
+    torch.save(tiny_sam().state_dict(), wrong)
+    with pytest.raises(WeightsError, match="wrong model_type"):
+        SamSegmenter.from_checkpoint("vit_b", wrong)
+    with pytest.raises(ValueError, match="model_type"):
+        SamSegmenter.from_checkpoint("vit_x", wrong)  # type: ignore[arg-type]

@@ -1,0 +1,177 @@
+"""``python -m wsss_pl label``: warm the pseudo-label cache of the training split on all devices.
+
+Runs as a Lightning predict loop, so ``--trainer.devices N --trainer.strategy ddp`` shards the ids
+across processes (Lightning's unrepeated sampler: every id on exactly one rank). Ids already in
+the cache are read, not relabelled, so a crashed pass resumes where it stopped. At the end the
+pseudo-labels are scored against the ground truth when the split has it (the paper's Tables 1, 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+from tqdm import tqdm
+
+from wsss_pl.classes import IGNORE_INDEX
+from wsss_pl.data.datamodule import WSSSDataModule
+from wsss_pl.errors import DataError
+from wsss_pl.evaluation import LabelEvaluation, format_table
+from wsss_pl.io import write_json
+from wsss_pl.labeling.online import OnlinePseudoLabels
+from wsss_pl.metrics import ConfusionMatrix
+
+log = logging.getLogger(__name__)
+
+
+class LabelingData(pl.LightningDataModule):
+    """The training split of a WSSSDataModule, in order, with raw uint8 images (no augmentation)."""
+
+    def __init__(self, data: WSSSDataModule) -> None:
+        super().__init__()
+        self.data = data
+
+    def prepare_data(self) -> None:
+        self.data.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        self.data.setup("fit")
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        return self.data._loader("train", self.data.batch_size, shuffle=False)
+
+
+class LabelingModule(pl.LightningModule):
+    """Labels each batch's uncached samples and scores every pseudo-label against ground truth."""
+
+    def __init__(self, labels: OnlinePseudoLabels, num_classes: int) -> None:
+        super().__init__()
+        self.labels = labels
+        self.quality = ConfusionMatrix(num_classes, IGNORE_INDEX)
+        self.labelled_ids: list[str] = []
+        self.num_cached = 0
+        self.scores: dict[str, torch.Tensor] | None = None
+        self.totals: tuple[torch.Tensor, torch.Tensor] | None = (
+            None  # all ranks' (confmat, pred_ignored)
+        )
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        todo = [
+            i for i, flag in zip(batch["id"], batch["needs_label"].tolist(), strict=True) if flag
+        ]
+        self.num_cached += len(batch["id"]) - len(todo)
+        if todo:
+            self.labels.label_batch(batch)
+            self.labelled_ids.extend(todo)
+        if bool(batch["has_gt"].any()):
+            self.quality.update(batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]])
+
+    def on_predict_epoch_end(self) -> None:
+        self.scores = self.quality.compute()  # sums the confusion matrices of all ranks
+        with self.quality.sync_context():
+            self.totals = (self.quality.confmat.clone(), self.quality.pred_ignored.clone())
+
+
+class LabelProgress(Callback):
+    """tqdm bar on rank 0 in images (all ranks together), with images/s and ETA."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.bar: tqdm | None = None
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.bar = tqdm(total=self.total, unit="img", desc="labelling", dynamic_ncols=True)
+
+    def on_predict_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: Any,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.bar is not None:
+            # Ranks advance in step, so rank 0's count times the world size tracks the total.
+            self.bar.update(min(len(batch["id"]) * trainer.world_size, self.total - self.bar.n))
+            self.bar.set_postfix(labelled=len(pl_module.labelled_ids), cached=pl_module.num_cached)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
+    """Label every uncached id of the training split; print pseudo-label mIoU; return an exit code."""
+    labels = data.train_labels
+    if not isinstance(labels, OnlinePseudoLabels):
+        raise DataError(
+            "the label command needs data.train_labels to be wsss_pl.labeling.OnlinePseudoLabels "
+            f"(the config has {type(labels).__name__})"
+        )
+    data_for_pass = LabelingData(data)
+    # Size the progress bar; building the dataset here is cheap (id lists only).
+    total = len(data.source.dataset("train"))
+    # The pass writes the cache itself: no prediction writers, and its own progress bar.
+    skip = (ProgressBar, BasePredictionWriter)
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, skip)]
+    trainer.callbacks.append(LabelProgress(total))
+    module = LabelingModule(labels, data.num_classes)
+    start = time.perf_counter()
+    trainer.predict(module, datamodule=data_for_pass, return_predictions=False)
+    seconds = time.perf_counter() - start
+    assert labels.cache is not None
+    write_json(
+        labels.cache.directory / "label_pass" / f"rank{trainer.global_rank}.json",
+        {"labelled": module.labelled_ids, "cached": module.num_cached, "seconds": round(seconds, 3),
+         "missing_classes": dict(labels.missing_counts), "unmatched_boxes": labels.num_unmatched_boxes},
+    )  # fmt: skip
+    _report(trainer, data, module, seconds)
+    return 0
+
+
+@rank_zero_only
+def _report(
+    trainer: pl.Trainer, data: WSSSDataModule, module: LabelingModule, seconds: float
+) -> None:
+    labelled = len(module.labelled_ids)
+    rate = labelled / seconds if seconds > 0 else float("nan")
+    print(
+        f"labelled {labelled} images on rank 0 ({trainer.world_size} ranks), {module.num_cached} read "
+        f"from the cache, in {seconds:.1f} s ({rate:.2f} labelled img/s on rank 0); "
+        f"cache: {data.train_labels.cache.directory}"  # type: ignore[union-attr]
+    )
+    missing = data.train_labels.missing_counts  # type: ignore[attr-defined]
+    if missing:
+        print("prompted classes without a box (rank 0):", dict(missing.most_common()))
+    scores = module.scores
+    if scores is None or module.totals is None or int(module.totals[0].sum()) == 0:
+        print("no ground truth in this split: pseudo-label quality not measured")
+        return
+    result = LabelEvaluation(
+        confusion=module.totals[0].cpu().numpy(),
+        pred_ignored=module.totals[1].cpu().numpy(),
+        iou=scores["iou"].cpu().numpy().astype(np.float64),
+        miou=float(scores["miou"]),
+        num_images=len(data.datasets["train"]),
+    )
+    print("pseudo-label quality against ground truth:")
+    print(format_table(result, data.class_names))
+    if trainer.logger is not None:
+        values = {"label_pass/mIoU": float(scores["miou"])}
+        names = ["background", *data.class_names]
+        values.update(
+            {
+                f"label_pass/IoU/{n}": float(v)
+                for n, v in zip(names, scores["iou"], strict=True)
+                if not torch.isnan(v)
+            }
+        )
+        trainer.logger.log_metrics(values)

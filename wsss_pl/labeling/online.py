@@ -1,0 +1,265 @@
+"""OnlinePseudoLabels: the label source that makes Grounding DINO + SAM labels lazily and caches them.
+
+In the DataLoader workers it only reads the cache; on the rank's device (DataModule
+``on_after_batch_transfer``) it labels, in one batched call, the samples the cache did not have,
+writes them to the cache, and fills the batch. The models are built on first use, so a run whose
+cache is complete never loads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from wsss_pl.classes import ClassVocabulary
+from wsss_pl.data.base import DatasetSource, Sample
+from wsss_pl.data.label_sources import LabelSource, TargetLoader
+from wsss_pl.errors import CacheError, DataError
+from wsss_pl.labeling.cache import PseudoLabelCache
+from wsss_pl.labeling.labeler import MissingClassPolicy, PseudoLabeler
+from wsss_pl.labeling.merge import ConflictPolicy, MergePolicy
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"  # model name of the tiny randomly initialised models (demos and tests)
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class _CachedTarget:
+    """Worker-side loader: the cached label of a sample, or None when it must be made."""
+
+    def __init__(self, cache: PseudoLabelCache) -> None:
+        self.cache = cache
+
+    def __call__(self, sample: Sample) -> torch.Tensor | None:
+        label = self.cache.load(sample["id"])
+        if label is not None and label.shape != sample["image"].shape[1:]:
+            raise CacheError(
+                f"cached pseudo-label {self.cache.path(sample['id'])} is {tuple(label.shape)} but "
+                f"image {sample['id']} is {tuple(sample['image'].shape[1:])}; the cache belongs to "
+                "other images: point cache_root elsewhere or delete that directory"
+            )
+        return label
+
+
+class OnlinePseudoLabels(LabelSource):
+    """Grounding DINO + SAM pseudo-labels, made lazily per sample on the device and cached.
+
+    Args:
+        cache_root: cache directory; labels go to ``<cache_root>/<dataset>/<fingerprint>/``.
+        detector: Grounding DINO: a registry name (``grounding-dino-tiny`` is the paper's Swin-T),
+            a hub id, a local directory, or ``tiny`` (random tiny model, for demos and tests).
+        sam_type: SAM backbone ``vit_h`` (paper), ``vit_l`` or ``vit_b``.
+        sam_checkpoint: registry name (``sam_vit_h``...), a file path, or ``tiny``.
+        box_threshold, text_threshold: Grounding DINO thresholds (paper: 0.3 / 0.25).
+        merge_policy, conflict, missing_class_policy, retry_box_threshold: see ``PseudoLabeler``.
+        prompt_names, assist_words: per-class overrides of the dataset vocabulary's prompts.
+        detector_image_size: shorter side of the detector input (800 as Grounding DINO).
+        sam_encoder_batch_size: images per SAM image-encoder call.
+        download: fetch missing checkpoints (with checksums) when the machine has internet.
+    """
+
+    def __init__(
+        self,
+        cache_root: str = "pseudo_labels",
+        detector: str = "grounding-dino-tiny",
+        sam_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h",
+        sam_checkpoint: str = "sam_vit_h",
+        box_threshold: float = 0.3,
+        text_threshold: float = 0.25,
+        merge_policy: MergePolicy = "paper",
+        conflict: ConflictPolicy = "keep",
+        missing_class_policy: MissingClassPolicy = "leave",
+        retry_box_threshold: float = 0.2,
+        prompt_names: dict[str, str] | None = None,
+        assist_words: dict[str, list[str]] | None = None,
+        detector_image_size: int = 800,
+        sam_encoder_batch_size: int = 4,
+        download: bool = True,
+    ) -> None:
+        self.cache_root = cache_root
+        self.detector_name = detector
+        self.sam_type = sam_type
+        self.sam_checkpoint = sam_checkpoint
+        self.box_threshold = box_threshold
+        self.text_threshold = text_threshold
+        self.merge_policy: MergePolicy = merge_policy
+        self.conflict: ConflictPolicy = conflict
+        self.missing_class_policy: MissingClassPolicy = missing_class_policy
+        self.retry_box_threshold = retry_box_threshold
+        self.prompt_names = prompt_names
+        self.assist_words = assist_words
+        self.detector_image_size = detector_image_size
+        self.sam_encoder_batch_size = sam_encoder_batch_size
+        self.download = download
+        self.cache: PseudoLabelCache | None = None
+        self.vocabulary: ClassVocabulary | None = None
+        self._labeler: PseudoLabeler | None = None
+        self.num_labelled = 0
+        self.missing_counts: Counter[str] = Counter()
+        self.num_unmatched_boxes = 0
+        self.recent: list[dict[str, Any]] = []  # last labelled samples, for the W&B review
+
+    # --- configuration -------------------------------------------------------------------
+    def _vocabulary(self, source: DatasetSource) -> ClassVocabulary:
+        base = source.vocabulary
+        prompt_names = {**base.prompt_names, **(self.prompt_names or {})}
+        assist = {
+            **base.assist_words,
+            **{k: tuple(v) for k, v in (self.assist_words or {}).items()},
+        }
+        return dataclasses.replace(base, prompt_names=prompt_names, assist_words=assist)
+
+    def _detector_weights(self) -> dict[str, Any]:
+        if self.detector_name == TINY:
+            return {"name": TINY, "seed": 0}
+        from wsss_pl.weights import checkpoint_fingerprint, resolve_hub_model
+
+        directory = Path(resolve_hub_model(self.detector_name, download=self.download))
+        weights = next((directory / f for f in _WEIGHT_FILES if (directory / f).is_file()), None)
+        if weights is None:
+            raise CacheError(f"Grounding DINO directory {directory} has none of {_WEIGHT_FILES}")
+        return {
+            "name": self.detector_name,
+            "sha256": checkpoint_fingerprint(weights),
+            "dir": str(directory),
+        }
+
+    def _sam_weights(self) -> dict[str, Any]:
+        if self.sam_checkpoint == TINY:
+            return {"type": TINY, "seed": 0}
+        from wsss_pl.weights import checkpoint_fingerprint, resolve_checkpoint
+
+        path = resolve_checkpoint(self.sam_checkpoint, download=self.download)
+        return {"type": self.sam_type, "sha256": checkpoint_fingerprint(path), "path": str(path)}
+
+    def settings(self, vocabulary: ClassVocabulary) -> dict[str, Any]:
+        """Everything that changes the labels: the cache fingerprint is a hash of this."""
+        detector, sam = self._detector_weights(), self._sam_weights()
+        return {
+            "detector": {k: v for k, v in detector.items() if k != "dir"},
+            "sam": {k: v for k, v in sam.items() if k != "path"},
+            "box_threshold": self.box_threshold,
+            "text_threshold": self.text_threshold,
+            "detector_image_size": self.detector_image_size,
+            "classes": list(vocabulary.class_names),
+            "prompt_names": dict(vocabulary.prompt_names),
+            "assist_words": {k: list(v) for k, v in vocabulary.assist_words.items()},
+            "merge_policy": self.merge_policy,
+            "conflict": self.conflict,
+            "missing_class_policy": self.missing_class_policy,
+            "retry_box_threshold": self.retry_box_threshold
+            if self.missing_class_policy == "retry"
+            else None,
+        }
+
+    def _open_cache(self, source: DatasetSource) -> PseudoLabelCache:
+        if self.cache is None:
+            self.vocabulary = self._vocabulary(source)
+            cache = PseudoLabelCache(
+                self.cache_root,
+                source.name,
+                self.settings(self.vocabulary),
+                self.vocabulary.palette(),
+            )
+            cache.open()
+            self.cache = cache
+        return self.cache
+
+    def prepare_data(self, source: DatasetSource) -> None:
+        cache = self._open_cache(source)  # rank 0 first: downloads checkpoints, writes the manifest
+        removed = cache.remove_stale_temp_files()
+        if removed:
+            log.warning(
+                "removed %d temp files of an interrupted earlier run from %s",
+                removed,
+                cache.directory,
+            )
+        log.info("pseudo-label cache %s holds %d labels", cache.directory, len(cache))
+
+    def setup(self, source: DatasetSource) -> None:
+        self._open_cache(source)
+
+    def loader(self) -> TargetLoader:
+        if self.cache is None:
+            raise RuntimeError("OnlinePseudoLabels.setup must run before loader()")
+        return _CachedTarget(self.cache)
+
+    # --- labelling on the device ---------------------------------------------------------
+    def build_labeler(self) -> PseudoLabeler:
+        """Build the frozen models (CPU); called once, on first need."""
+        from wsss_pl.labeling.grounding import GroundingDetector
+        from wsss_pl.labeling.sam import SamSegmenter
+        from wsss_pl.labeling.tiny import tiny_detector, tiny_segmenter
+
+        thresholds = {"box_threshold": self.box_threshold, "text_threshold": self.text_threshold}
+        if self.detector_name == TINY:
+            detector = tiny_detector(**thresholds)
+        else:
+            directory = self._detector_weights()["dir"]
+            detector = GroundingDetector.from_pretrained(
+                directory, image_size=self.detector_image_size, **thresholds
+            )
+        if self.sam_checkpoint == TINY:
+            segmenter = tiny_segmenter(encoder_batch_size=self.sam_encoder_batch_size)
+        else:
+            segmenter = SamSegmenter.from_checkpoint(
+                self.sam_type,
+                self._sam_weights()["path"],
+                encoder_batch_size=self.sam_encoder_batch_size,
+            )
+        assert self.vocabulary is not None
+        return PseudoLabeler(
+            detector,
+            segmenter,
+            self.vocabulary,
+            merge_policy=self.merge_policy,
+            conflict=self.conflict,
+            missing_class_policy=self.missing_class_policy,
+            retry_box_threshold=self.retry_box_threshold,
+        )
+
+    def labeler(self, device: torch.device) -> PseudoLabeler:
+        if self._labeler is None:
+            log.info(
+                "building the pseudo-labeler (%s + SAM %s) on %s",
+                self.detector_name,
+                self.sam_type,
+                device,
+            )
+            self._labeler = self.build_labeler()
+        return self._labeler.to(device)
+
+    def label_batch(self, batch: dict[str, Any]) -> None:
+        """Label the samples of ``batch`` that need it, store them, and fill ``batch["target"]``."""
+        if self.cache is None or self.vocabulary is None:
+            raise RuntimeError("OnlinePseudoLabels.setup must run before label_batch")
+        rows = torch.nonzero(batch["needs_label"]).flatten().tolist()
+        if not rows:
+            return
+        sizes = batch["size"][rows].tolist()
+        images = [batch["image"][i, :, :h, :w] for i, (h, w) in zip(rows, sizes, strict=True)]
+        present = [self.vocabulary.names_of(batch["labels"][i].cpu()) for i in rows]
+        for i, names in zip(rows, present, strict=True):
+            if not names:
+                raise DataError(
+                    f"{batch['id'][i]}: empty image-level label set; the labeler has nothing to "
+                    "prompt for. Fix its labels or drop the id from the split"
+                )
+        results = self.labeler(batch["image"].device)(images, present)
+        for i, (h, w), result in zip(rows, sizes, results, strict=True):
+            sample_id = batch["id"][i]
+            self.cache.store(sample_id, result.label.cpu(), {"id": sample_id, **result.metadata})
+            batch["target"][i, :h, :w] = result.label.to(batch["target"].device)
+            batch["needs_label"][i] = False
+            self.missing_counts.update(result.missing_classes)
+            self.num_unmatched_boxes += result.num_unmatched_boxes
+            self.recent = [*self.recent[-7:], {"id": sample_id, "metadata": result.metadata}]
+        self.num_labelled += len(rows)
+        if self.missing_counts:
+            log.debug("classes without a box so far: %s", dict(self.missing_counts))

@@ -1,0 +1,153 @@
+"""SAM masks for detector boxes: all boxes of an image in one decoder call (frozen, no_grad)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from segment_anything import sam_model_registry
+from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
+from torch import Tensor, nn
+
+from wsss_pl.errors import WeightsError
+
+SamType = Literal["vit_h", "vit_l", "vit_b"]
+
+
+def _resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A local file for ``checkpoint`` (``wsss_pl.weights.resolve_checkpoint`` when present)."""
+    try:
+        weights = importlib.import_module("wsss_pl.weights")
+    except ImportError:
+        return Path(checkpoint)
+    resolver = getattr(weights, "resolve_checkpoint", None)
+    return Path(checkpoint) if resolver is None else Path(resolver(checkpoint))
+
+
+class SamSegmenter(nn.Module):
+    """Frozen segment-anything ``Sam`` turning xyxy pixel boxes into one binary mask each.
+
+    Images are resized on their device so the longest side is ``img_size`` (1024), normalised
+    and padded by ``Sam.preprocess``; the image encoder runs on ``encoder_batch_size`` images at
+    a time; then each image gets one prompt-encoder + mask-decoder call with all of its boxes
+    (``multimask_output=False``, as in the paper) and its masks are upsampled to its original
+    size and thresholded at ``sam.mask_threshold``.
+
+    Args:
+        sam: a segment-anything model (set to eval and frozen here).
+        encoder_batch_size: images per image-encoder call (ViT-H at 1024 px: about 4 GB
+            activations per image in fp32).
+    """
+
+    def __init__(self, sam: Sam, encoder_batch_size: int = 4) -> None:
+        super().__init__()
+        if encoder_batch_size < 1:
+            raise ValueError(f"encoder_batch_size must be >= 1, got {encoder_batch_size}")
+        self.sam = sam.eval().requires_grad_(False)
+        self.encoder_batch_size = encoder_batch_size
+        self.resize = ResizeLongestSide(sam.image_encoder.img_size)
+
+    @classmethod
+    def from_checkpoint(
+        cls, model_type: SamType, checkpoint: str | Path, encoder_batch_size: int = 4
+    ) -> SamSegmenter:
+        """Build SAM ``model_type`` with segment-anything's builder and load ``checkpoint``.
+
+        The state dict is read with ``weights_only=True`` onto the CPU; move the module after.
+        """
+        if model_type not in ("vit_h", "vit_l", "vit_b"):
+            raise ValueError(f"model_type must be vit_h, vit_l or vit_b, got {model_type!r}")
+        path = _resolve_checkpoint(checkpoint)
+        if not path.is_file():
+            raise WeightsError(
+                f"SAM checkpoint not found: {path}; download sam_{model_type}_*.pth from "
+                "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+            )
+        sam = sam_model_registry[model_type](checkpoint=None)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            sam.load_state_dict(state)
+        except (RuntimeError, OSError, ValueError) as error:
+            raise WeightsError(
+                f"cannot load SAM {model_type} from {path} (wrong model_type or corrupt file): "
+                f"{str(error)[:300]}"
+            ) from error
+        return cls(sam, encoder_batch_size=encoder_batch_size)
+
+    def train(self, mode: bool = True) -> SamSegmenter:
+        super().train(mode)
+        self.sam.eval()  # frozen even inside a training LightningModule
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.pixel_mean.device
+
+    def _input_image(self, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """uint8 [3, H, W] -> float [3, 1024, 1024] normalised and padded, and its resized (h, w)."""
+        height, width = image.shape[-2:]
+        size = self.resize.get_preprocess_shape(height, width, self.resize.target_length)
+        # ResizeLongestSide.apply_image_torch reads the size from dims 0 and 1 of a BCHW
+        # tensor (segment-anything 1.0), so its resize is done here with the same settings.
+        pixels = image.to(self.device, torch.float32)[None]
+        pixels = F.interpolate(pixels, size, mode="bilinear", align_corners=False, antialias=True)
+        return self.sam.preprocess(pixels)[0], size
+
+    @torch.no_grad()
+    def forward(self, images: list[Tensor], boxes: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Masks of every box.
+
+        Args:
+            images: B uint8 tensors [3, H_i, W_i] (RGB).
+            boxes: B float tensors [N_i, 4], xyxy in pixels of the matching image.
+
+        Returns:
+            Per image ``(masks, scores)``: masks bool [N_i, H_i, W_i] in box order, scores float32
+            [N_i] (SAM's predicted IoU). An image without boxes gets empty tensors and is not
+            encoded.
+        """
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box tensors")
+        results: list[tuple[Tensor, Tensor]] = []
+        for image in images:
+            height, width = image.shape[-2:]
+            results.append(
+                (
+                    torch.zeros(0, height, width, dtype=torch.bool, device=self.device),
+                    torch.zeros(0, device=self.device),
+                )
+            )
+        todo = [i for i, b in enumerate(boxes) if b.numel() > 0]
+        dtype = self.sam.pixel_mean.dtype
+        for start in range(0, len(todo), self.encoder_batch_size):
+            batch = todo[start : start + self.encoder_batch_size]
+            inputs = [self._input_image(images[i]) for i in batch]
+            pixels = torch.stack([x for x, _ in inputs]).to(dtype)
+            embeddings = self.sam.image_encoder(pixels)
+            for i, embedding, (_, input_size) in zip(batch, embeddings, inputs, strict=True):
+                results[i] = self._decode(embedding[None], boxes[i], input_size, images[i])
+        return results
+
+    def _decode(
+        self, embedding: Tensor, boxes: Tensor, input_size: tuple[int, int], image: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One decoder call for all boxes [N, 4] of one image embedding [1, C, h, w]."""
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
+        original_size = (int(image.shape[-2]), int(image.shape[-1]))
+        prompt = self.resize.apply_boxes_torch(boxes.to(self.device), original_size)
+        prompt = prompt.to(self.sam.pixel_mean.dtype)
+        sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompt, masks=None)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        logits = self.sam.postprocess_masks(low_res.float(), input_size, original_size)
+        return logits[:, 0] > self.sam.mask_threshold, iou[:, 0].float()
