@@ -105,6 +105,25 @@ class ReviewCallback(Callback):
             row["disagreement"] = disagreement(row["training_label"], row["ground_truth"])
         self._log(trainer, pl_module, "train/labels", rows)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Freshly made pseudo-labels with their boxes (class and score) against ground truth."""
+        labels = getattr(trainer.datamodule, "train_labels", None)  # type: ignore[attr-defined]
+        recent = getattr(labels, "recent", None)
+        if not recent:
+            return
+        if self._active(trainer):
+            rows = []
+            for item in recent:
+                row = {"id": item["id"], "image": item["image"].permute(1, 2, 0).numpy()}
+                row["pseudo_label"] = item["label"].numpy()
+                if item["gt"] is not None:
+                    row["ground_truth"] = item["gt"].numpy()
+                    row["disagreement"] = disagreement(row["pseudo_label"], row["ground_truth"])
+                row["boxes"] = item["metadata"]["instances"]
+                rows.append(row)
+            self._log(trainer, pl_module, "train/pseudo_labels", rows)
+        recent.clear()
+
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._val_rows = []
 
@@ -159,7 +178,11 @@ class ReviewCallback(Callback):
     ) -> None:
         names = dict(enumerate(pl_module.label_names))  # type: ignore[attr-defined]
         names[IGNORE_INDEX] = "ignore"
-        mask_keys = [k for k in rows[0] if k not in ("id", "image")]
+        mask_keys = [
+            k
+            for k in dict.fromkeys(k for row in rows for k in row)
+            if k not in ("id", "image", "boxes")
+        ]
         logger = trainer.logger
         if isinstance(logger, WandbLogger):
             import wandb
@@ -198,6 +221,22 @@ class ReviewCallback(Callback):
                 )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(composite).save(path)
+
+
+def _wandb_boxes(instances: list[dict[str, Any]], names: dict[int, str]) -> dict[str, Any]:
+    """W&B box layer of a pseudo-label's detections: pixel xyxy boxes captioned 'class score'."""
+    box_data = [
+        {
+            "position": dict(zip(("minX", "minY", "maxX", "maxY"), inst["box"], strict=True)),
+            "domain": "pixel",
+            "class_id": int(inst["label"]),
+            "box_caption": f"{inst['class']} {inst['score']:.2f}"
+            + (f" ({inst['phrase']})" if inst["phrase"] != inst["class"] else ""),
+            "scores": {"score": float(inst["score"])},
+        }
+        for inst in instances
+    ]
+    return {"detections": {"box_data": box_data, "class_labels": names}}
 
 
 class PaletteWriter(BasePredictionWriter):

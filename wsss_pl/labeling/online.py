@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TINY = "tiny"  # model name of the tiny randomly initialised models (demos and tests)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+REVIEW_SAMPLES = 8  # labelled samples kept per epoch for the review callback
 
 
 class _CachedTarget:
@@ -103,7 +104,8 @@ class OnlinePseudoLabels(LabelSource):
         self.num_labelled = 0
         self.missing_counts: Counter[str] = Counter()
         self.num_unmatched_boxes = 0
-        self.recent: list[dict[str, Any]] = []  # last labelled samples, for the W&B review
+        # The last few labelled samples (CPU copies), for the W&B review of boxes and masks.
+        self.recent: list[dict[str, Any]] = []
 
     # --- configuration -------------------------------------------------------------------
     def _vocabulary(self, source: DatasetSource) -> ClassVocabulary:
@@ -259,7 +261,18 @@ class OnlinePseudoLabels(LabelSource):
             batch["needs_label"][i] = False
             self.missing_counts.update(result.missing_classes)
             self.num_unmatched_boxes += result.num_unmatched_boxes
-            self.recent = [*self.recent[-7:], {"id": sample_id, "metadata": result.metadata}]
+            if len(self.recent) < REVIEW_SAMPLES:
+                gt = batch["gt"][i, :h, :w].cpu() if bool(batch["has_gt"][i]) else None
+                image = batch["image"][i, :, :h, :w].cpu()
+                self.recent.append(
+                    {
+                        "id": sample_id,
+                        "image": image,
+                        "label": result.label.cpu(),
+                        "gt": gt,
+                        "metadata": result.metadata,
+                    }
+                )
         self.num_labelled += len(rows)
         if self.missing_counts:
             log.debug("classes without a box so far: %s", dict(self.missing_counts))
