@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             from wsss_pl.evaluation import main as evaluate_labels_main
 
             return evaluate_labels_main(argv[1:])
+        if command == "export-labels":
+            from wsss_pl.labeling.export import main as export_labels_main
+
+            return export_labels_main(argv[1:])
         if command == "label":
             from wsss_pl.labeling.label_pass import run_label_pass
 

@@ -41,7 +41,9 @@ class LabelSource(ABC):
 
     def label_batch(self, batch: dict[str, Any]) -> None:
         """Fill ``batch["target"]`` where ``batch["needs_label"]``, on the batch's device."""
-        missing = [i for i, flag in zip(batch["id"], batch["needs_label"].tolist(), strict=True) if flag]
+        missing = [
+            i for i, flag in zip(batch["id"], batch["needs_label"].tolist(), strict=True) if flag
+        ]
         raise DataError(
             f"{type(self).__name__} has no training label for ids {missing[:5]}; "
             "use a label source that can make them (e.g. wsss_pl.labeling.OnlinePseudoLabels)"

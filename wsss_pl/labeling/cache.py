@@ -161,6 +161,35 @@ class PseudoLabelCache:
         )
         self._fingerprint = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
+    @classmethod
+    def from_directory(
+        cls, directory: str | Path, palette: Sequence[int] | None = None
+    ) -> PseudoLabelCache:
+        """Open an existing cache directory (``<root>/<dataset>/<fingerprint>``) by its manifest."""
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise CacheError(
+                f"{directory} is not a pseudo-label cache (no {MANIFEST_NAME}); pass the "
+                "<cache_root>/<dataset>/<fingerprint> directory that the labelling run printed"
+            )
+        manifest = read_json(manifest_path)
+        if palette is None:
+            from wsss_pl.classes import voc_palette
+
+            palette = voc_palette()
+        cache = cls(
+            directory.parent.parent, directory.parent.name, manifest.get("settings", {}), palette
+        )
+        if cache.directory.resolve() != directory.resolve():
+            raise CacheError(
+                f"{directory}: its manifest's settings hash to {cache.fingerprint}, not to the "
+                "directory name; the manifest was edited or the directory renamed"
+            )
+        cache._check_manifest()
+        cache._opened = True
+        return cache
+
     @property
     def fingerprint(self) -> str:
         """First 16 hex digits of sha256 over the canonical settings JSON + label format version."""

@@ -142,3 +142,58 @@ def export_coco_json(
     }
     write_bytes(output, json.dumps(coco, separators=(",", ":")).encode("utf-8"))
     return coco
+
+
+def _vocabulary_of(cache: PseudoLabelCache) -> ClassVocabulary:
+    """The vocabulary a cache was labelled with (its manifest's class list); COCO keeps its ids."""
+    from wsss_pl.classes import VOCABULARIES
+
+    classes = tuple(cache.settings.get("classes", ()))
+    if not classes:
+        raise DataError(f"{cache.manifest_path} lists no classes; cannot name the categories")
+    for known in VOCABULARIES.values():
+        if known.class_names == classes:
+            return known
+    return ClassVocabulary(name=cache.dataset, class_names=classes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wsss_pl export-labels --cache DIR --output FILE``: cache -> COCO JSON."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m wsss_pl export-labels",
+        description="Export a pseudo-label cache as COCO instance JSON (RLE masks), e.g. for CVAT "
+        "or Label Studio review.",
+    )
+    parser.add_argument(
+        "--cache", required=True, help="<cache_root>/<dataset>/<fingerprint> directory"
+    )
+    parser.add_argument("--output", required=True, help="JSON file to write")
+    parser.add_argument(
+        "--image-ext", default=".jpg", help="file name suffix of the images (default .jpg)"
+    )
+    parser.add_argument(
+        "--raw-masks",
+        action="store_true",
+        help="export SAM's raw masks instead of the visible parts",
+    )
+    args = parser.parse_args(argv)
+    from wsss_pl.errors import WsssError
+
+    try:
+        cache = PseudoLabelCache.from_directory(args.cache)
+        vocabulary = _vocabulary_of(cache)
+        names = {sample_id: f"{sample_id}{args.image_ext}" for sample_id in cache.ids()}
+        exported = export_coco_json(
+            cache, vocabulary, args.output, image_file_names=names, visible_only=not args.raw_masks
+        )
+    except WsssError as error:
+        print(f"wsss_pl export-labels: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.output}: {len(exported['images'])} images, "
+        f"{len(exported['annotations'])} annotations, {len(exported['categories'])} categories"
+    )
+    return 0

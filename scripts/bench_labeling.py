@@ -1,0 +1,406 @@
+"""Benchmark the PseudoLabeler (Grounding DINO + SAM): labelling throughput in images/s.
+
+Rows, all in one process on the same synthetic images:
+- baseline: one image per call (detector then SAM per image, the public Grounded-SAM way);
+- batched calls of 2/4/8 images (``PseudoLabeler`` over a list; SAM's encoder batch = the call);
+- with ``--bf16``: the same under ``torch.autocast(dtype=bfloat16)``; a failure is reported as a
+  row, the wrappers are not patched.
+Then, for one batch size, the time per stage (detector, SAM image encoder, the rest of SAM,
+merge + RLE metadata), measured with forward hooks.
+
+Models: ``--models tiny`` (``wsss_pl.labeling.tiny``, milliseconds on a CPU) or
+``--models real-size-random``: a Grounding DINO built from ``GroundingDinoConfig()`` defaults
+(Swin-T backbone, BERT-base text encoder, 900 queries: the Swin-T model's architecture) and SAM
+``--sam-type`` from ``sam_model_registry[type](checkpoint=None)``, both randomly initialised (no
+download). Real-size is meant for a GPU; on a CPU it is only allowed with vit_b and at most 4
+images.
+
+Random weights give random boxes. So that SAM's decoder sees a realistic load, the detector's box
+threshold is calibrated on the images (``--boxes-per-image``, default 3) before timing; every row
+reports the boxes per image it actually got. ``--boxes-per-image 0`` keeps the paper thresholds.
+
+Usage:
+    python scripts/bench_labeling.py --quick                       # tiny models, CPU, < 60 s
+    python scripts/bench_labeling.py --device cuda --models real-size-random --sam-type vit_h \
+        --num-images 64 --bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from wsss_pl.classes import VOC
+from wsss_pl.labeling.grounding import GroundingDetector
+from wsss_pl.labeling.labeler import LabelResult, PseudoLabeler
+from wsss_pl.labeling.sam import SamSegmenter
+
+
+@dataclass
+class Row:
+    config: str
+    batch: int
+    seconds: float | None  # median seconds for all images
+    images: int
+    boxes_per_image: float
+    peak_mib: float | None
+    note: str = ""
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def maxrss_mib() -> float:
+    """This process's resident-set high-water mark (Linux: KiB) in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def real_size_detector(seed: int) -> GroundingDetector:
+    """Grounding DINO with the Swin-T / BERT-base architecture, random weights."""
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
+
+    from wsss_pl.labeling.tokenizer import bert_tokenizer
+
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
+    return GroundingDetector(model, bert_tokenizer())
+
+
+def real_size_segmenter(sam_type: str, seed: int) -> SamSegmenter:
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(seed)
+    return SamSegmenter(sam_model_registry[sam_type](checkpoint=None))
+
+
+def build_labeler(models: str, sam_type: str, seed: int) -> PseudoLabeler:
+    if models == "tiny":
+        from wsss_pl.labeling.tiny import tiny_detector, tiny_segmenter
+
+        detector, segmenter = tiny_detector(seed), tiny_segmenter(seed)
+    else:
+        detector, segmenter = real_size_detector(seed), real_size_segmenter(sam_type, seed)
+    return PseudoLabeler(detector, segmenter, VOC)
+
+
+def count_parameters(module: nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def make_inputs(
+    count: int, height: int, width: int, portrait_fraction: float, seed: int, device: torch.device
+) -> tuple[list[Tensor], list[list[str]]]:
+    """VOC-like uint8 [3, H, W] images (smooth noise) with 1-3 VOC class names each."""
+    generator = torch.Generator().manual_seed(seed)
+    images, present = [], []
+    names = list(VOC.class_names)
+    for _ in range(count):
+        portrait = torch.rand((), generator=generator).item() < portrait_fraction
+        h, w = (width, height) if portrait else (height, width)
+        coarse = torch.rand(1, 3, h // 16 + 1, w // 16 + 1, generator=generator)
+        smooth = nn.functional.interpolate(coarse, size=(h, w), mode="bilinear")[0]
+        noise = torch.rand(3, h, w, generator=generator) * 0.2
+        images.append(((smooth * 0.8 + noise) * 255).clamp(0, 255).to(torch.uint8).to(device))
+        k = int(torch.randint(1, 4, (), generator=generator))
+        order = torch.randperm(len(names), generator=generator)[:k].tolist()
+        present.append([names[i] for i in sorted(order)])
+    return images, present
+
+
+def calibrate_box_threshold(
+    labeler: PseudoLabeler, images: list[Tensor], present: list[list[str]], per_image: float
+) -> float:
+    """Box threshold at which the (random) detector keeps about ``per_image`` boxes per image."""
+    detector = labeler.detector
+    scores = []
+    for start in range(0, len(images), 4):
+        found = detector(images[start : start + 4], present[start : start + 4], VOC, -1.0)
+        scores.extend(d.scores for d in found)
+    flat = torch.cat(scores).float().cpu().sort(descending=True).values
+    keep = round(per_image * len(images))
+    if keep >= flat.numel():
+        return -1.0
+    if keep <= 0:
+        return float(flat[0]) + 1e-6
+    # Between the keep-th and the next score, so that ties do not add boxes.
+    return float((flat[keep - 1] + flat[keep]) / 2)
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+
+def label_all(
+    labeler: PseudoLabeler,
+    images: list[Tensor],
+    present: list[list[str]],
+    batch: int,
+    autocast: Callable[[], contextlib.AbstractContextManager[None]],
+) -> list[LabelResult]:
+    results: list[LabelResult] = []
+    with autocast():
+        for start in range(0, len(images), batch):
+            results.extend(labeler(images[start : start + batch], present[start : start + batch]))
+    return results
+
+
+def measure(
+    labeler: PseudoLabeler,
+    images: list[Tensor],
+    present: list[list[str]],
+    batch: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    config: str,
+    autocast: Callable[[], contextlib.AbstractContextManager[None]],
+) -> Row:
+    labeler.segmenter.encoder_batch_size = args.encoder_batch_size or batch
+    for _ in range(args.warmup):  # warm-up calls of this batch size (kernels, allocator, caches)
+        label_all(labeler, images[:batch], present[:batch], batch, autocast)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = maxrss_mib()
+    times, boxes = [], 0
+    for _ in range(args.repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        results = label_all(labeler, images, present, batch, autocast)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        boxes = sum(len(r.metadata["instances"]) for r in results)
+    if device.type == "cuda":
+        peak: float | None = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = maxrss_mib() - rss_before
+    return Row(config, batch, statistics.median(times), len(images), boxes / len(images), peak)
+
+
+@contextlib.contextmanager
+def stage_hooks(
+    labeler: PseudoLabeler, device: torch.device, totals: dict[str, float]
+) -> Iterator[None]:
+    """Accumulate seconds spent inside the detector, the SAM wrapper and SAM's image encoder."""
+    modules = {
+        "detector": labeler.detector,
+        "segmenter": labeler.segmenter,
+        "encoder": labeler.segmenter.sam.image_encoder,
+    }
+    starts: dict[str, float] = {}
+    handles = []
+    for name, module in modules.items():
+
+        def pre(_module: nn.Module, _args: object, name: str = name) -> None:
+            synchronize(device)
+            starts[name] = time.perf_counter()
+
+        def post(_module: nn.Module, _args: object, _out: object, name: str = name) -> None:
+            synchronize(device)
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - starts.pop(name)
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def stage_breakdown(
+    labeler: PseudoLabeler,
+    images: list[Tensor],
+    present: list[list[str]],
+    batch: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager[None]],
+) -> list[tuple[str, float, float]]:
+    """(stage, median ms per image, share of the total) for ``batch``-image calls."""
+    labeler.segmenter.encoder_batch_size = args.encoder_batch_size or batch
+    label_all(labeler, images[:batch], present[:batch], batch, autocast)  # warm-up
+    per_stage: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        totals: dict[str, float] = {}
+        with stage_hooks(labeler, device, totals):
+            synchronize(device)
+            start = time.perf_counter()
+            label_all(labeler, images, present, batch, autocast)
+            synchronize(device)
+            total = time.perf_counter() - start
+        stages = {
+            "detector (resize, Grounding DINO, box selection)": totals["detector"],
+            "SAM image encoder": totals.get("encoder", 0.0),
+            "SAM rest (resize, prompt encoder, mask decoder, upsampling)": totals["segmenter"]
+            - totals.get("encoder", 0.0),
+            "merge + RLE metadata": total - totals["detector"] - totals["segmenter"],
+            "total": total,
+        }
+        for name, seconds in stages.items():
+            per_stage.setdefault(name, []).append(seconds)
+    medians = {name: statistics.median(v) for name, v in per_stage.items()}
+    return [
+        (name, 1000 * s / len(images), s / medians["total"]) for name, s in medians.items()
+    ]
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--models", choices=("tiny", "real-size-random"), default="tiny")
+    parser.add_argument("--sam-type", choices=("vit_b", "vit_l", "vit_h"), default="vit_h")
+    parser.add_argument("--num-images", type=int, default=32, help="images per timed pass")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument(
+        "--encoder-batch-size",
+        type=int,
+        default=0,
+        help="SAM image-encoder batch; 0: the call's batch size",
+    )
+    parser.add_argument("--image-size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"))
+    parser.add_argument(
+        "--portrait-fraction",
+        type=float,
+        default=0.0,
+        help="share of images turned to portrait (W x H); mixed batches pad in the detector",
+    )
+    parser.add_argument("--boxes-per-image", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes; the median is shown")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per row")
+    parser.add_argument("--stage-batch", type=int, default=0, help="0: largest batch size")
+    parser.add_argument("--bf16", action="store_true", help="add torch.autocast bf16 rows")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny models, 8 images, 1 warm-up, 3 repeats"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.num_images, args.warmup, args.repeats = "tiny", 8, 1, 3
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    if args.models == "real-size-random" and args.device == "cpu":
+        if args.sam_type != "vit_b" or args.num_images > 4:
+            parser.error(
+                "real-size models on a CPU: only with --sam-type vit_b and --num-images <= 4 "
+                "(minutes per image otherwise); use --device cuda for the real benchmark"
+            )
+    args.batch_sizes = sorted({b for b in args.batch_sizes if 1 < b <= args.num_images})
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    labeler = build_labeler(args.models, args.sam_type, args.seed).to(device)
+    height, width = args.image_size
+    images, present = make_inputs(
+        args.num_images, height, width, args.portrait_fraction, args.seed, device
+    )
+    note = "paper thresholds"
+    if args.boxes_per_image > 0:
+        threshold = calibrate_box_threshold(labeler, images, present, args.boxes_per_image)
+        labeler.detector.set_threshold(threshold)
+        note = f"box threshold calibrated to {threshold:.4f}"
+
+    print(f"# PseudoLabeler throughput ({args.models}, {args.device})\n")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(
+        f"- device: {args.device} ({gpu or platform.machine()}), torch {torch.__version__}, "
+        f"CPU threads {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}, "
+        f"load average {load_average()}"
+    )
+    sam_name = "tiny" if args.models == "tiny" else args.sam_type
+    print(
+        f"- models: detector {count_parameters(labeler.detector):.1f} M params "
+        f"(input short side {labeler.detector.image_size}), SAM {sam_name} "
+        f"{count_parameters(labeler.segmenter):.1f} M params"
+    )
+    print(
+        f"- {args.num_images} images {height}x{width} (portrait share {args.portrait_fraction}), "
+        f"{sum(map(len, present)) / len(present):.2f} classes/image; {note}; "
+        f"warm-up {args.warmup} calls, median of {args.repeats} passes\n"
+    )
+
+    plain: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+
+    def bf16() -> contextlib.AbstractContextManager[None]:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    rows = [measure(labeler, images, present, 1, args, device, "fp32, 1 image/call", plain)]
+    for batch in args.batch_sizes:
+        rows.append(measure(labeler, images, present, batch, args, device, "fp32 batched", plain))
+    if args.bf16:
+        for batch in [1, *args.batch_sizes]:
+            config = "bf16 autocast" + (", 1 image/call" if batch == 1 else " batched")
+            try:
+                rows.append(measure(labeler, images, present, batch, args, device, config, bf16))
+            except Exception as error:  # noqa: BLE001 - report whatever autocast breaks
+                message = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+                rows.append(Row(config, batch, None, len(images), 0.0, None, f"FAILED {message}"))
+
+    base = rows[0]
+    assert base.seconds is not None
+    memory = "peak CUDA alloc MiB" if device.type == "cuda" else "maxrss growth MiB"
+    print(f"| config | batch | images/s | ms/image | ratio vs baseline | boxes/image | {memory} |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        if row.seconds is None:
+            print(f"| {row.config} | {row.batch} | {row.note} | | | | |")
+            continue
+        rate = row.images / row.seconds
+        peak = "n/a" if row.peak_mib is None else f"{row.peak_mib:.0f}"
+        print(
+            f"| {row.config}{' (baseline)' if row is base else ''} | {row.batch} | {rate:.2f} | "
+            f"{1000 * row.seconds / row.images:.1f} | {base.seconds / row.seconds:.2f}x | "
+            f"{row.boxes_per_image:.2f} | {peak} |"
+        )
+
+    stage_batch = args.stage_batch or (max(args.batch_sizes) if args.batch_sizes else 1)
+    stage_batch = min(stage_batch, args.num_images)
+    print(f"\n## Where the time goes (fp32, {stage_batch} images/call, forward hooks)\n")
+    print("| stage | ms/image | share |")
+    print("|---|---:|---:|")
+    for name, ms, share in stage_breakdown(
+        labeler, images, present, stage_batch, args, device, plain
+    ):
+        print(f"| {name} | {ms:.1f} | {100 * share:.0f}% |")
+    if device.type == "cpu":
+        print(
+            "\nmaxrss growth: rise of the process's resident high-water mark during the row "
+            "(0 once an earlier row reached a higher peak)."
+        )
+
+
+if __name__ == "__main__":
+    main()
