@@ -299,11 +299,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true", help="tiny models, 8 images, 1 warm-up, 3 repeats"
+        "--quick", action="store_true", help="tiny models, 16 images, 1 warm-up, 3 repeats"
     )
     args = parser.parse_args()
     if args.quick:
-        args.models, args.num_images, args.warmup, args.repeats = "tiny", 8, 1, 3
+        args.models, args.num_images, args.warmup, args.repeats = "tiny", 16, 1, 3
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
     if args.models == "real-size-random" and args.device == "cpu":
@@ -331,7 +331,7 @@ def main() -> None:
     if args.boxes_per_image > 0:
         threshold = calibrate_box_threshold(labeler, images, present, args.boxes_per_image)
         labeler.detector.set_threshold(threshold)
-        note = f"box threshold calibrated to {threshold:.4f}"
+        note = f"box threshold calibrated to {threshold:.6g}"
 
     print(f"# PseudoLabeler throughput ({args.models}, {args.device})\n")
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
