@@ -15,6 +15,11 @@ process, per sample:
   (persistent workers; the first epoch, with worker start-up, is the warm-up). With
   ``--device cuda`` batches are pinned and moved to the GPU inside the timed loop.
 
+Reference rows (not the pipeline's files) when real VOC samples are found (``--real-voc``, default
+``$WSSS_PL_SAMPLE_DATA/voc_sample`` or ``/work/shared/data/voc_sample``): decoding the real VOC
+JPEGs there (only a few, cycled to ``--num-images`` decodes) and real SegmentationClassAug PNGs.
+The synthetic images carry pixel noise, so they are larger and slower to decode than real ones.
+
 ms/sample is the median pass time over all samples divided by their number; "x JPEG" is that
 time over the JPEG-decode time (1.00 = as cheap as decoding the image alone).
 
@@ -117,6 +122,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--root", type=Path, default=None, help="dataset + cache directory (default: temporary)"
     )
+    default_real = Path(os.environ.get("WSSS_PL_SAMPLE_DATA", "/work/shared/data")) / "voc_sample"
+    parser.add_argument(
+        "--real-voc",
+        type=Path,
+        default=default_real,
+        help="real VOC sample root (VOC2012/JPEGImages, SegmentationClassAug) for reference rows",
+    )
+    parser.add_argument("--no-real", action="store_true", help="skip the real-VOC reference rows")
     parser.add_argument("--quick", action="store_true", help="100 images, 3 repeats")
     args = parser.parse_args()
     if args.quick:
@@ -173,6 +186,22 @@ def main() -> None:
                 lambda i: cached_data[i]
             ),
         }
+        references: dict[str, Callable[[], None]] = {}
+        real_jpegs: list[Path] = []
+        real_pngs: list[Path] = []
+        if not args.no_real:
+            real_jpegs = sorted((args.real_voc / "VOC2012" / "JPEGImages").glob("*.jpg"))
+            real_pngs = sorted((args.real_voc / "SegmentationClassAug").glob("*.png"))
+            real_pngs = real_pngs[: len(ids)]
+        if real_jpegs:
+            cycled = [real_jpegs[i % len(real_jpegs)] for i in range(len(ids))]
+            references[f"reference: real VOC JPEG decode ({len(real_jpegs)} files cycled)"] = (
+                per_sample(lambda i: decode_jpeg(cycled[i]))
+            )
+        if real_pngs:
+            references[
+                f"reference: real SegmentationClassAug PNG decode ({len(real_pngs)} files)"
+            ] = per_sample(lambda i: decode_png(real_pngs[i % len(real_pngs)]))
         for name, run in passes.items():
             rows.append((name, time_passes(run, args.warmup, args.repeats) / len(ids)))
 
@@ -207,6 +236,8 @@ def main() -> None:
                 )
             )
             del loader  # shuts the persistent workers down
+        for name, run in references.items():
+            rows.append((name, time_passes(run, args.warmup, args.repeats) / len(ids)))
 
         height, width = args.image_size
         print("# Cache-hit data path\n")
@@ -218,6 +249,20 @@ def main() -> None:
             f"- {len(ids)} synthetic VOC images {height}x{width} (JPEG q95) + palette PNG labels "
             f"in {root}; dataset + cache set-up {setup_s:.1f} s (not timed below)"
         )
+        sizes = {
+            "synthetic JPEG": jpegs,
+            "cached PNG": pngs,
+            "real VOC JPEG": real_jpegs,
+            "real VOC PNG": real_pngs,
+        }
+        print(
+            "- mean file size: "
+            + ", ".join(
+                f"{k} {statistics.mean(p.stat().st_size for p in v) / 1024:.0f} KiB"
+                for k, v in sizes.items()
+                if v
+            )
+        )
         print(
             f"- all {len(ids)} samples were cache hits; warm-up {args.warmup} pass, "
             f"median of {args.repeats} passes\n"
@@ -226,9 +271,7 @@ def main() -> None:
         print("| path | ms/sample | samples/s | x JPEG decode |")
         print("|---|---:|---:|---:|")
         for name, seconds in rows:
-            print(
-                f"| {name} | {1000 * seconds:.2f} | {1 / seconds:.0f} | {seconds / base:.2f} |"
-            )
+            print(f"| {name} | {1000 * seconds:.2f} | {1 / seconds:.0f} | {seconds / base:.2f} |")
     finally:
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
