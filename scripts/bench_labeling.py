@@ -145,12 +145,14 @@ class LogitTemperature:
 
     def __init__(self) -> None:
         self.scale = 1.0
+        self.recording = True  # collect the raw logits' std (syncs the device; calibration only)
         self.stds: list[float] = []
 
     def __call__(self, _module: nn.Module, _args: object, output: Tensor) -> Tensor:
-        finite = output[torch.isfinite(output)]
-        if finite.numel() > 1:
-            self.stds.append(float(finite.float().std()) / self.scale)
+        if self.recording:
+            finite = output[torch.isfinite(output)]
+            if finite.numel() > 1:
+                self.stds.append(float(finite.float().std()))
         return output * self.scale
 
 
@@ -167,7 +169,7 @@ def add_logit_temperature(
         if isinstance(module, GroundingDinoContrastiveEmbedding):
             module.register_forward_hook(hook)
     labeler.detector(images[:2], present[:2], VOC)
-    hook.scale = 1.0 / statistics.mean(hook.stds)
+    hook.scale, hook.recording = 1.0 / statistics.mean(hook.stds), False
     return hook.scale
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from jsonargparse import Namespace
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.loggers import WandbLogger
 
 from wsss_pl.data.datamodule import WSSSDataModule
@@ -56,6 +61,16 @@ class WsssCLI(LightningCLI):
             apply_on="instantiate",
         )
 
+    def before_instantiate_classes(self) -> None:
+        # W&B is the default logger (offline with WANDB_MODE=offline); `--trainer.logger false`
+        # turns logging off and a config may choose CSV or TensorBoard instead.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config["trainer.logger"] is None:
+            config["trainer.logger"] = Namespace(
+                class_path="lightning.pytorch.loggers.WandbLogger",
+                init_args=Namespace(project="wsss_pl"),
+            )
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> WsssCLI:
     return WsssCLI(
@@ -92,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cli = build_cli(argv[1:], run=False)
             return run_label_pass(cli.trainer, cli.datamodule)
-        build_cli(argv)
+        build_cli(None if argv == sys.argv[1:] else argv)
         return 0
     except WsssError as error:
         # Bad input: a clear message naming the file, id or key, without a traceback.

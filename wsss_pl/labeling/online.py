@@ -274,5 +274,10 @@ class OnlinePseudoLabels(LabelSource):
                     }
                 )
         self.num_labelled += len(rows)
-        if self.missing_counts:
-            log.debug("classes without a box so far: %s", dict(self.missing_counts))
+        missing = Counter(name for result in results for name in result.missing_classes)
+        unmatched = sum(result.num_unmatched_boxes for result in results)
+        if missing or unmatched:
+            log.info(
+                "labelled %d images: %d boxes matched no prompted class; no box for %s",
+                len(rows), unmatched, dict(missing) or "none",
+            )  # fmt: skip
