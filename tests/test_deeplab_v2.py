@@ -131,6 +131,14 @@ def test_frozen_bn_stays_eval_and_keeps_stats() -> None:
     assert not torch.equal(mean, bn.running_mean)  # the control: unfrozen BN does update
 
 
+def test_frozen_bn_with_random_init_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="wsss_pl.models.deeplab_v2"):
+        DeepLabV2(num_classes=3, backbone="resnet18", freeze_bn=False)
+        assert not caplog.records
+        DeepLabV2(num_classes=3, backbone="resnet18", freeze_bn=True)
+    assert any("freeze_bn" in r.getMessage() for r in caplog.records)
+
+
 def test_load_torchvision_resnet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(1)
     resnet = models.resnet18(weights=None)
@@ -142,6 +150,7 @@ def test_load_torchvision_resnet(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     torch.manual_seed(2)
     fresh = DeepLabV2(num_classes=3, backbone="resnet18")
     assert not torch.equal(fresh.backbone.conv1.weight, resnet.conv1.weight)
+    caplog.clear()  # the random-init model above warns about frozen BN; loading must not warn
     with caplog.at_level(logging.WARNING, logger="wsss_pl.models.deeplab_v2"):
         model = DeepLabV2(num_classes=3, backbone="resnet18", pretrained=str(path))
     assert not caplog.records  # fc.* is ignored silently, the classifier is expected missing

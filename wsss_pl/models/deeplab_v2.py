@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision import models
@@ -90,7 +89,8 @@ class DeepLabV2(nn.Module):
         backbone: torchvision ResNet depth (built with ``weights=None``).
         output_stride: 8 (layer3 dilation 2, layer4 dilation 4) or 16 (layer4 dilation 2).
         atrous_rates: ASPP dilation rates, one 3x3 classifier each.
-        pretrained: checkpoint to load: a torchvision ImageNet ResNet state dict (``fc.*``
+        pretrained: checkpoint path or registry name (``resnet101_imagenet``, downloaded with
+            its checksum) to load: a torchvision ImageNet ResNet state dict (``fc.*``
             ignored) or a DeepLabV2 state dict (its classifier is skipped when its class count
             differs); see ``load_pretrained``.
         freeze_bn: keep every BatchNorm in eval mode (running statistics fixed) and its affine
@@ -128,6 +128,11 @@ class DeepLabV2(nn.Module):
 
         if pretrained is not None:
             self.load_pretrained(pretrained)
+        elif freeze_bn:
+            log.warning(
+                "DeepLabV2: freeze_bn with a randomly initialised backbone keeps BatchNorm at its "
+                "initial statistics; set pretrained (e.g. resnet101_imagenet) or freeze_bn: false"
+            )
         if freeze_bn:
             for module in self.backbone.modules():
                 if isinstance(module, _BatchNorm):
@@ -265,18 +270,12 @@ def _preview(keys: Sequence[str], limit: int = 8) -> str:
 
 
 def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Load ``path`` on the CPU without unpickling code and return its str -> Tensor entries."""
-    try:  # the registry resolver (names, URLs, checksums) when that module is present
-        from wsss_pl.weights import load_state_dict as resolve
-    except ImportError:
-        resolve = None
+    """Load a checkpoint (a path, or a registry name such as ``resnet101_imagenet`` that is
+    downloaded with its checksum when missing) on the CPU without unpickling code."""
+    from wsss_pl.weights import load_state_dict, resolve_checkpoint
+
     try:
-        if resolve is not None:
-            obj: Any = resolve(path)
-        else:
-            if not Path(path).is_file():
-                raise WeightsError(f"checkpoint {path} does not exist or is not a file")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj: Any = load_state_dict(resolve_checkpoint(path))
     except WeightsError:
         raise
     except Exception as exc:  # torch.load raises many types on corrupt or pickled-code files
