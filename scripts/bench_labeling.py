@@ -349,11 +349,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true", help="tiny models, 16 images, 1 warm-up, 3 repeats"
+        "--quick", action="store_true", help="tiny models, 8 images, 1 warm-up, 3 repeats"
     )
     args = parser.parse_args()
     if args.quick:
-        args.models, args.num_images, args.warmup, args.repeats = "tiny", 16, 1, 3
+        args.models, args.num_images, args.warmup, args.repeats = "tiny", 8, 1, 3
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
     cpu_real = args.models == "real-size-random" and args.device == "cpu"

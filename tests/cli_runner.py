@@ -32,9 +32,16 @@ def write_csv_logger_config(directory: Path) -> Path:
             "logger": [
                 {
                     "class_path": "lightning.pytorch.loggers.WandbLogger",
-                    "init_args": {"project": "wsss_pl-test", "save_dir": "runs/demo", "offline": True},
+                    "init_args": {
+                        "project": "wsss_pl-test",
+                        "save_dir": "runs/demo",
+                        "offline": True,
+                    },
                 },
-                {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/csv"}},
+                {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": "runs/csv"},
+                },
             ]
         }
     }

@@ -47,7 +47,9 @@ def test_train_augmentation_keeps_image_and_masks_aligned() -> None:
     colours = torch.tensor([[0, 0, 0], [255, 0, 0], [0, 0, 255]], dtype=torch.uint8)
     image = colours[label.long()].permute(2, 0, 1).contiguous()
     sample = Sample(id="x", image=image, labels=torch.zeros(20), gt=label, target=label.clone())
-    augment = BatchAugment(crop_size=33, scale_range=(0.6, 1.4), flip=True, mean=(0, 0, 0), std=(1, 1, 1))
+    augment = BatchAugment(
+        crop_size=33, scale_range=(0.6, 1.4), flip=True, mean=(0, 0, 0), std=(1, 1, 1)
+    )
     for _ in range(10):
         batch = augment.train_batch(collate_samples([sample, sample]))
         assert batch["image"].shape == (2, 3, 33, 33) and batch["image"].dtype == torch.float32

@@ -208,3 +208,29 @@ def test_label_pass_with_two_ddp_processes_labels_each_id_once(tmp_path: Path) -
     ]
     assert [r["labelled"] for r in reports] == [[], []]
     assert sum(r["cached"] for r in reports) == len(ids)
+
+
+def _labeler(policy: str) -> PseudoLabeler:
+    from wsss_pl.classes import VOC
+    from wsss_pl.labeling.tiny import tiny_detector, tiny_segmenter
+
+    # box_threshold 1.0: the first detection finds nothing, so every prompted class is missing.
+    return PseudoLabeler(
+        tiny_detector(box_threshold=1.0, text_threshold=0.0), tiny_segmenter(), VOC,
+        missing_class_policy=policy, retry_box_threshold=0.0,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_missing_class_policies() -> None:
+    torch.manual_seed(0)
+    images = [torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8)]
+    (left,) = _labeler("leave")(images, [["cat", "dog"]])
+    assert left.missing_classes == ["cat", "dog"] and left.metadata["instances"] == []
+    assert bool((left.label == 0).all())
+    (ignored,) = _labeler("ignore_background")(images, [["cat", "dog"]])
+    assert bool((ignored.label == 255).all())  # the missed objects hide somewhere in it
+    (retried,) = _labeler("retry")(images, [["cat", "dog"]])
+    instances = retried.metadata["instances"]
+    assert instances, "the retry at threshold 0 must find boxes"
+    assert {i["class"] for i in instances} <= {"dog", "cat"}
+    assert set(retried.missing_classes) == {"dog", "cat"} - {i["class"] for i in instances}
