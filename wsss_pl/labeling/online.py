@@ -61,6 +61,8 @@ class OnlinePseudoLabels(LabelSource):
         merge_policy, conflict, missing_class_policy, retry_box_threshold: see ``PseudoLabeler``.
         prompt_names, assist_words: per-class overrides of the dataset vocabulary's prompts.
         detector_image_size: shorter side of the detector input (800 as Grounding DINO).
+        detector_pad_to_canvas: pad every image to a fixed canvas so its boxes do not depend on
+            the other images of its batch (batch size, GPU count); costs compute on padding.
         sam_encoder_batch_size: images per SAM image-encoder call.
         download: fetch missing checkpoints (with checksums) when the machine has internet.
     """
@@ -80,6 +82,7 @@ class OnlinePseudoLabels(LabelSource):
         prompt_names: dict[str, str] | None = None,
         assist_words: dict[str, list[str]] | None = None,
         detector_image_size: int = 800,
+        detector_pad_to_canvas: bool = False,
         sam_encoder_batch_size: int = 4,
         download: bool = True,
     ) -> None:
@@ -96,6 +99,7 @@ class OnlinePseudoLabels(LabelSource):
         self.prompt_names = prompt_names
         self.assist_words = assist_words
         self.detector_image_size = detector_image_size
+        self.detector_pad_to_canvas = detector_pad_to_canvas
         self.sam_encoder_batch_size = sam_encoder_batch_size
         self.download = download
         self.cache: PseudoLabelCache | None = None
@@ -149,6 +153,7 @@ class OnlinePseudoLabels(LabelSource):
             "box_threshold": self.box_threshold,
             "text_threshold": self.text_threshold,
             "detector_image_size": self.detector_image_size,
+            "detector_pad_to_canvas": self.detector_pad_to_canvas,
             "classes": list(vocabulary.class_names),
             "prompt_names": dict(vocabulary.prompt_names),
             "assist_words": {k: list(v) for k, v in vocabulary.assist_words.items()},
@@ -199,7 +204,11 @@ class OnlinePseudoLabels(LabelSource):
         from wsss_pl.labeling.sam import SamSegmenter
         from wsss_pl.labeling.tiny import tiny_detector, tiny_segmenter
 
-        thresholds = {"box_threshold": self.box_threshold, "text_threshold": self.text_threshold}
+        thresholds = {
+            "box_threshold": self.box_threshold,
+            "text_threshold": self.text_threshold,
+            "pad_to_canvas": self.detector_pad_to_canvas,
+        }
         if self.detector_name == TINY:
             detector = tiny_detector(**thresholds)
         else:
