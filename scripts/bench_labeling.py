@@ -33,13 +33,13 @@ import argparse
 import contextlib
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from bench_common import load_average, maxrss_mib, synchronize
 from torch import Tensor, nn
 
 from wsss_pl.classes import VOC
@@ -57,23 +57,6 @@ class Row:
     boxes_per_image: float
     peak_mib: float | None
     note: str = ""
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def maxrss_mib() -> float:
-    """This process's resident-set high-water mark (Linux: KiB) in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 # --- models ---------------------------------------------------------------------------------

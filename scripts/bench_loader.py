@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import load_average
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -51,13 +52,6 @@ from wsss_pl.data.synthetic import SyntheticVOC
 from wsss_pl.data.voc import VOCDataset
 from wsss_pl.io import read_image
 from wsss_pl.labeling.online import OnlinePseudoLabels
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def time_passes(run_pass: Callable[[], None], warmup: int, repeats: int) -> float:

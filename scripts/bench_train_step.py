@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from bench_common import load_average, maxrss_mib, synchronize
 from torch.optim import SGD
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -54,22 +54,6 @@ class Row:
     gflop_per_step: float | None
     peak_mib: float | None
     note: str = ""
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def timed_median(

@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 
 from http_server import LocalServer, free_port, serve_directory
+from wsss_pl.archive import EXTRACTED_MARKER, extract_archive, is_extracted
 from wsss_pl.download import (
-    EXTRACTED_MARKER,
     download_file,
-    extract_archive,
     file_digests,
     file_sha256,
-    is_extracted,
     read_sha256_sidecar,
 )
 from wsss_pl.errors import CorruptFileError, DataError, WeightsError

@@ -1,9 +1,7 @@
-"""Downloading files (resumable, checksummed, atomic) and extracting archives safely.
+"""Downloading files: resumable, checksummed, atomic (archives: ``wsss_pl.archive``).
 
 A file appears at its final path only when complete and verified: bytes stream into
 ``<destination>.part`` and the part is renamed over the destination once its checksum matches.
-Archives extract into a temporary directory beside their destination that is renamed into place
-only when every member is written, with a marker file inside recording completion.
 """
 
 from __future__ import annotations
@@ -15,28 +13,21 @@ import json
 import logging
 import os
 import re
-import shutil
-import stat
-import tarfile
-import tempfile
 import urllib.error
 import urllib.request
-import zipfile
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from wsss_pl import __version__
-from wsss_pl.errors import CorruptFileError, DataError, WsssError
+from wsss_pl.errors import WsssError
 from wsss_pl.io import write_json
 
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
-EXTRACTED_MARKER = ".wsss_pl_extracted"
 _USER_AGENT = f"wsss_pl/{__version__} (python-urllib)"
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -144,7 +135,7 @@ def _existing_mismatches(path: Path, checks: list[tuple[str, str]]) -> list[str]
 
 
 @contextlib.contextmanager
-def _file_lock(target: Path) -> Iterator[None]:
+def file_lock(target: Path) -> Iterator[None]:
     """Exclusive inter-process lock on ``<target>.lock`` so DDP ranks never share a ``.part``.
 
     POSIX only (no-op elsewhere). The lock file is removed on release; a waiter that acquired a lock
@@ -214,7 +205,7 @@ def download_file(
     if destination.is_file() and not (checks and _existing_mismatches(destination, checks)):
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(destination):
+    with file_lock(destination):
         if destination.is_file():  # another process may have finished it while we waited
             failed = _existing_mismatches(destination, checks) if checks else []
             if not failed:
@@ -372,158 +363,3 @@ def _unreachable_message(
         f"and put the file at exactly:\n"
         f"    {destination}{expected}{kept}"
     )
-
-
-# ------------------------------------------------------------------------------------ archives
-
-
-def is_extracted(destination: str | Path) -> bool:
-    """Whether ``destination`` holds a completed :func:`extract_archive` (its marker exists)."""
-    return (Path(destination) / EXTRACTED_MARKER).is_file()
-
-
-def extract_archive(
-    archive: str | Path,
-    destination: str | Path,
-    *,
-    member_root: str | None = None,
-    include: Callable[[str], bool] | None = None,
-    progress: bool = False,
-) -> None:
-    """Extract a tar (any compression) or zip archive into ``destination``, safely and atomically.
-
-    Args:
-        archive: the archive file; its type is detected from its content.
-        destination: directory to create; must not exist (or be empty) unless already complete.
-        member_root: only members under this archive folder, with the folder stripped
-            (e.g. ``"VOCdevkit/VOC2012"``).
-        include: keep a member only if ``include(relative_path)`` is true (after stripping).
-        progress: show a per-member progress bar.
-
-    Members are written into a temporary directory beside ``destination`` which is renamed into
-    place at the end, with a marker file inside, so an interrupted extraction never leaves a
-    half tree that looks complete; a completed destination makes this a no-op. Absolute paths,
-    ``..`` components and links are refused before anything is written.
-    """
-    archive, destination = Path(archive), Path(destination)
-    if is_extracted(destination):
-        return
-    if not archive.is_file():
-        raise DataError(f"archive {archive} does not exist")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(destination):
-        if is_extracted(destination):
-            return
-        if destination.exists():
-            if not destination.is_dir() or any(destination.iterdir()):
-                raise DataError(
-                    f"{destination} exists but is not a completed extraction of {archive.name} "
-                    f"(no {EXTRACTED_MARKER} inside); move it away or delete it and run again"
-                )
-            destination.rmdir()
-        for stale in destination.parent.glob(f".{destination.name}.extracting-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run; we hold the lock
-        staging = Path(
-            tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.extracting-")
-        )
-        try:
-            count = _extract_into(archive, staging, member_root, include, progress)
-            if count == 0:
-                raise DataError(
-                    f"archive {archive} has no members under {member_root!r} to extract; "
-                    "it is not the expected archive"
-                )
-            write_json(staging / EXTRACTED_MARKER, {"archive": archive.name, "members": count})
-            os.replace(staging, destination)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-
-
-def _relative_member(
-    name: str, archive: Path, member_root: str | None, include: Callable[[str], bool] | None
-) -> str | None:
-    """Member path inside the destination, or None to skip it; raises on an unsafe path."""
-    path = PurePosixPath(name.replace("\\", "/"))
-    if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise DataError(
-            f"archive {archive} contains the unsafe member path {name!r} (absolute or with '..'); "
-            "refusing to extract it"
-        )
-    parts = path.parts
-    if member_root:
-        root = PurePosixPath(member_root).parts
-        if parts[: len(root)] != root:
-            return None
-        parts = parts[len(root) :]
-    if not parts:
-        return None
-    relative = "/".join(parts)
-    if include is not None and not include(relative):
-        return None
-    return relative
-
-
-def _members(
-    archive: Path,
-) -> Iterator[tuple[str, str, Callable[[], IO[bytes]] | None, int | None]]:
-    """(name, kind, opener, total) per member: kind is 'file', 'dir' or 'link'; total on first."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zipped:
-            infos = zipped.infolist()
-            for index, info in enumerate(infos):
-                is_link = stat.S_ISLNK(info.external_attr >> 16)
-                kind = "link" if is_link else "dir" if info.is_dir() else "file"
-                opener = (lambda info=info: zipped.open(info)) if kind == "file" else None
-                yield info.filename, kind, opener, len(infos) if index == 0 else None
-        return
-    if not tarfile.is_tarfile(archive):
-        raise CorruptFileError(f"{archive} is neither a tar nor a zip archive (or it is truncated)")
-    with tarfile.open(archive, "r:*") as tarred:
-        for member in tarred:
-            if member.isfile():
-                yield member.name, "file", (lambda m=member: tarred.extractfile(m)), None
-            elif member.isdir():
-                yield member.name, "dir", None, None
-            elif member.issym() or member.islnk():
-                yield member.name, "link", None, None
-            else:  # devices, fifos: never part of a dataset
-                log.warning("skipping special member %s of %s", member.name, archive)
-
-
-def _extract_into(
-    archive: Path,
-    staging: Path,
-    member_root: str | None,
-    include: Callable[[str], bool] | None,
-    progress: bool,
-) -> int:
-    count = 0
-    try:
-        with tqdm(desc=f"extracting {archive.name}", unit="file", disable=not progress) as bar:
-            for name, kind, opener, total in _members(archive):
-                if total is not None:
-                    bar.reset(total=total)
-                bar.update(1)
-                relative = _relative_member(name, archive, member_root, include)
-                if relative is None:
-                    continue
-                if kind == "link":
-                    raise DataError(
-                        f"archive {archive} contains the link {name!r}; wsss_pl extracts only "
-                        "regular files and directories"
-                    )
-                target = staging / relative
-                if kind == "dir":
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                assert opener is not None
-                with opener() as source, open(target, "wb") as sink:
-                    shutil.copyfileobj(source, sink, CHUNK_SIZE)
-                count += 1
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:
-        raise CorruptFileError(
-            f"archive {archive} is corrupt or truncated ({error}); delete it and download it again"
-        ) from error
-    return count

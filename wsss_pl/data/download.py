@@ -29,8 +29,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm.auto import tqdm
 
+from wsss_pl.archive import extract_archive, is_extracted
 from wsss_pl.classes import VOC_CLASSES, voc_palette
-from wsss_pl.download import download_file, extract_archive, is_extracted
+from wsss_pl.download import download_file
 from wsss_pl.errors import CorruptFileError, DataError
 from wsss_pl.io import write_bytes, write_json, write_label
 
