@@ -146,15 +146,6 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def iou_from_confusion(confusion: np.ndarray, pred_ignored: np.ndarray | None = None) -> np.ndarray:
-    """IoU float64 [C] from confusion int [C, C] (rows truth) and optional misses [C]; NaN if absent."""
-    tp = np.diag(confusion).astype(np.float64)
-    gt_total = confusion.sum(axis=1) + (0 if pred_ignored is None else pred_ignored)
-    union = gt_total + confusion.sum(axis=0) - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
-
-
 def evaluate_label_dirs(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -224,7 +215,12 @@ def evaluate_label_dirs(
     joint = total.reshape(256, 256)
     confusion = joint[:num_classes, :num_classes].copy()
     pred_ignored = joint[:num_classes, 255].copy()
-    iou = iou_from_confusion(confusion, pred_ignored)
+    # torch only here, in the calling process: workers stay numpy-only and start fast.
+    import torch
+
+    from wsss_pl.metrics import iou_from_confusion
+
+    iou = iou_from_confusion(torch.from_numpy(confusion), torch.from_numpy(pred_ignored)).numpy()
     miou = float(np.nanmean(iou)) if not np.isnan(iou).all() else float("nan")
     return LabelEvaluation(
         confusion=confusion,
