@@ -81,12 +81,13 @@ class LabelingModule(pl.LightningModule):
 class LabelProgress(Callback):
     """tqdm bar on rank 0 in images (all ranks together), with images/s and ETA."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self) -> None:
+        self.total = 0
         self.bar: tqdm | None = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
+            self.total = len(trainer.datamodule.data.datasets["train"])  # type: ignore[attr-defined]
             self.bar = tqdm(total=self.total, unit="img", desc="labelling", dynamic_ncols=True)
 
     def on_predict_batch_end(
@@ -117,12 +118,10 @@ def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
             f"(the config has {type(labels).__name__})"
         )
     data_for_pass = LabelingData(data)
-    # Size the progress bar; building the dataset here is cheap (id lists only).
-    total = len(data.source.dataset("train"))
     # The pass writes the cache itself: no prediction writers, and its own progress bar.
     skip = (ProgressBar, BasePredictionWriter)
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, skip)]
-    trainer.callbacks.append(LabelProgress(total))
+    trainer.callbacks.append(LabelProgress())
     module = LabelingModule(labels, data.num_classes)
     start = time.perf_counter()
     trainer.predict(module, datamodule=data_for_pass, return_predictions=False)
