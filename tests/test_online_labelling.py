@@ -21,7 +21,7 @@ from wsss_pl.labeling.online import OnlinePseudoLabels
 from wsss_pl.models import DeepLabV2
 from wsss_pl.module import SegmentationModule
 
-NUM_TRAIN = 8
+NUM_TRAIN = 10  # not a multiple of the batch size (4): no id may wait for a later epoch
 
 
 class CountingLabels(OnlinePseudoLabels):

@@ -198,7 +198,9 @@ class ReviewCallback(Callback):
                             "class_labels": binary if k in ("error", "disagreement") else names,
                         }
                         for k in mask_keys
+                        if k in row
                     },
+                    boxes=_wandb_boxes(row["boxes"], names) if "boxes" in row else None,
                 )
                 for row in rows
             ]

@@ -12,6 +12,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
 
 from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.metrics import ConfusionMatrix
@@ -59,6 +60,7 @@ class SegmentationModule(pl.LightningModule):
         num_classes = len(self.class_names) + 1 if self.class_names is not None else None
         self.num_classes = num_classes or self._net_classes()
         self.val_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
+        self.val_loss = MeanMetric()
         self.test_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
         # Quality of the training labels themselves (pseudo-label vs ground truth, when known).
         self.train_label_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
@@ -111,16 +113,20 @@ class SegmentationModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = F.cross_entropy(logits, batch["gt"].long(), ignore_index=IGNORE_INDEX)
-        if torch.isfinite(loss):
-            self.log("val/loss", loss, batch_size=logits.shape[0], sync_dist=True)
+        gt = batch["gt"].long()
+        # Pixel-weighted mean over the epoch and all ranks; a batch without valid pixels adds 0.
+        valid = (gt != IGNORE_INDEX).sum()
+        loss_sum = F.cross_entropy(logits, gt, ignore_index=IGNORE_INDEX, reduction="sum")
+        self.val_loss.update(loss_sum / valid.clamp_min(1), weight=valid)
         preds = logits.argmax(1)
         self.val_metric.update(preds, batch["gt"])
         return preds
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val", self.val_metric.compute())
+        self.log("val/loss", self.val_loss.compute())
         self.val_metric.reset()
+        self.val_loss.reset()
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
         probs = predict_logits(self.net, batch["image"], self.test_scales, self.test_flip)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from wsss_pl.classes import ClassVocabulary
@@ -93,11 +95,19 @@ class WSSSDataModule(pl.LightningDataModule):
                 log.info("%s split: %d images", split, len(dataset))
 
     def _loader(self, split: Stage, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = None
+        if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Evaluation shards without the duplicates DistributedSampler pads with, so every
+            # image counts exactly once in the confusion matrix summed across ranks.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[split]) >= batch_size,  # type: ignore[arg-type]
+            sampler=sampler,
+            # No drop_last: every training id is seen (and labelled) in the first epoch; with
+            # frozen BN a short last batch is harmless.
             num_workers=self.num_workers,
             collate_fn=collate_samples,
             pin_memory=self.pin_memory,

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as tvF
 from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBase
 
 from wsss_pl.classes import ClassVocabulary
@@ -66,8 +67,8 @@ class GroundingDetector(nn.Module):
     """Frozen Grounding DINO (transformers) prompted with each image's class names.
 
     Images are resized on their device like the Grounding DINO processor (shorter side to
-    ``image_size``, longer side at most ``max_size``, bilinear with antialiasing), ImageNet
-    normalised and zero-padded to one batch with a pixel mask. Each image's caption(s) come from
+    ``image_size``, longer side at most ``max_size``, bilinear with antialiasing on the uint8
+    image, the processor's own torchvision call), ImageNet normalised and zero-padded to one batch with a pixel mask. Each image's caption(s) come from
     ``build_captions``; when an image needs several captions (over ``max_text_tokens`` tokens),
     the model runs once per caption round, batched across the images that have that round.
 
@@ -167,10 +168,10 @@ class GroundingDetector(nn.Module):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"expected a uint8 [3, H, W] image, got {tuple(image.shape)}")
             size = self.resized_size(*image.shape[-2:])
-            pixels = image.to(self.device, torch.float32)[None] / 255.0
+            pixels = image.to(self.device)
             if size != tuple(image.shape[-2:]):
-                pixels = F.interpolate(pixels, size, mode="bilinear", antialias=True)
-            resized.append((pixels[0] - self.pixel_mean) / self.pixel_std)
+                pixels = _resize(pixels, size)
+            resized.append((pixels.float() / 255.0 - self.pixel_mean) / self.pixel_std)
         height = max(x.shape[-2] for x in resized)
         width = max(x.shape[-1] for x in resized)
         if canvas is not None:  # never smaller than an image (rounding at the size limits)
@@ -267,6 +268,19 @@ class GroundingDetector(nn.Module):
             phrases=[p for p, m in zip(phrases, matched.tolist(), strict=True) if m],
             num_unmatched=int((~matched).sum()),
         )
+
+
+def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear, antialiased resize of a [3, H, W] image, as the Grounding DINO processor does it.
+
+    A uint8 image goes through the very call of transformers' ``GroundingDinoImageProcessor``
+    (torchvision ``resize`` on uint8: PIL's two-pass uint8 kernel on CPU, float rounded back to
+    uint8 on GPU). Resizing in float instead differs by up to one grey level on ~15% of pixels,
+    which is enough to reorder Grounding DINO's top-k query selection among near-tied proposals.
+    """
+    if image.dtype == torch.uint8:
+        return tvF.resize(image, list(size), tvF.InterpolationMode.BILINEAR, antialias=True)
+    return F.interpolate(image[None].float(), size, mode="bilinear", antialias=True)[0]
 
 
 def _concat(parts: list[Detections]) -> Detections:
