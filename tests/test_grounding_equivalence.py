@@ -10,8 +10,10 @@ model for both pipelines), and the thresholds are placed in the widest gap of th
 scores, so that a handful of boxes pass and no score lies near a threshold.
 
 What is compared:
-- pixel_values: identical to the processor's (transformers 5's default torchvision backend), and
-  within one grey level of its PIL backend on a small fraction of pixels.
+- pixel_values: identical to the processor's (transformers 5's default torchvision backend; a
+  float resize was up to one grey level off on ~15% of pixels, enough to reorder the model's
+  top-k query selection), and as close to its PIL backend as the two official backends are to
+  each other (at most 1 grey level when enlarging, 2 when shrinking).
 - detections, end to end through our own preprocessing: the same boxes pass the box threshold, in
   the same (query) order, with equal scores and the same xyxy boxes in original-image pixels (ours
   are clipped to the image; the reference's are not), and each box's class agrees with the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ import torch
 
 from cli_runner import REPO, run_cli
 from wsss_pl.callbacks import _wandb_boxes
+from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.synthetic import SyntheticVOC
-from wsss_pl.errors import DataError
 from wsss_pl.labeling.label_pass import run_label_pass
 from wsss_pl.labeling.labeler import PseudoLabeler
 from wsss_pl.labeling.online import OnlinePseudoLabels
@@ -143,15 +144,53 @@ def test_label_pass_resumes_after_a_crash(
     assert "mIoU" in out and "4 read from the cache" in out
 
 
-def test_empty_label_set_is_a_clear_error(tmp_path: Path) -> None:
+def test_empty_label_set_gives_background_without_running_the_models(tmp_path: Path) -> None:
     labels = CountingLabels(cache_root=str(tmp_path / "cache"))
     data = _data(tmp_path, labels)
     data.prepare_data()
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    batch["labels"][0] = 0
-    with pytest.raises(DataError, match="empty image-level label set"):
-        labels.label_batch(batch)
+    batch["labels"][0] = 0  # a background-only image
+    labels.label_batch(batch)
+    height, width = batch["size"][0].tolist()
+    assert bool((batch["target"][0, :height, :width] == 0).all())
+    assert labels.cache is not None
+    assert labels.cache.load_metadata(batch["id"][0])["instances"] == []  # type: ignore[index]
+
+
+def test_cached_label_of_other_classes_is_made_again(tmp_path: Path) -> None:
+    labels = CountingLabels(cache_root=str(tmp_path / "cache"))
+    data = _data(tmp_path, labels)
+    data.prepare_data()
+    data.setup("fit")
+    dataset = data.datasets["train"]
+    sample = dataset[0]
+    assert sample is not None and sample["target"] is None
+    batch = collate_samples([sample])
+    labels.label_batch(batch)
+    assert dataset[0]["target"] is not None  # type: ignore[index]  # now a cache hit
+    # The image-level labels change (a corrected labels file): the cached label is stale.
+    inner = dataset.dataset
+    original = inner.image_labels
+    inner.image_labels = lambda sample_id: [*original(sample_id), "sheep"]  # type: ignore[method-assign]
+    assert dataset[0]["target"] is None
+
+
+def test_detector_fingerprint_follows_the_weights_not_the_path(tmp_path: Path) -> None:
+    from wsss_pl.classes import VOC
+    from wsss_pl.labeling.tiny import tiny_grounding_dino
+
+    tiny_grounding_dino(0).save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    tiny_grounding_dino(1).save_pretrained(tmp_path / "other")
+
+    def detector_settings(directory: Path) -> Any:
+        return OnlinePseudoLabels(detector=str(directory), sam_checkpoint="tiny").settings(VOC)[
+            "detector"
+        ]
+
+    assert detector_settings(tmp_path / "a") == detector_settings(tmp_path / "moved")
+    assert detector_settings(tmp_path / "a") != detector_settings(tmp_path / "other")
 
 
 def test_wandb_box_layer_names_class_and_score() -> None:

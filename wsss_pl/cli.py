@@ -72,8 +72,21 @@ class WsssCLI(LightningCLI):
             )
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> WsssCLI:
-    return WsssCLI(
+class LabelCLI(WsssCLI):
+    """The ``label`` command's CLI: same config, but the segmentation net is never trained, so
+    it is built without its pretrained checkpoint (no ResNet download for a labelling pass)."""
+
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        init_args = self.config.get("model.net.init_args")
+        if init_args is not None and "pretrained" in init_args:
+            init_args["pretrained"] = None
+
+
+def build_cli(
+    args: list[str] | None = None, run: bool = True, cli_class: type[WsssCLI] = WsssCLI
+) -> WsssCLI:
+    return cli_class(
         SegmentationModule,
         WSSSDataModule,
         save_config_callback=SaveRunConfig,
@@ -105,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "label":
             from wsss_pl.labeling.label_pass import run_label_pass
 
-            cli = build_cli(argv[1:], run=False)
+            cli = build_cli(argv[1:], run=False, cli_class=LabelCLI)
             return run_label_pass(cli.trainer, cli.datamodule)
         build_cli(None if argv == sys.argv[1:] else argv)
         return 0

@@ -100,6 +100,17 @@ class SegmentationModule(pl.LightningModule):
         else:
             loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        # Counted, never silent: unreadable samples skipped, and the online labeler's work.
+        counts = {
+            "data/skipped_samples": batch["num_skipped"],
+            "labelling/images": batch["num_labelled"],
+            "labelling/unmatched_boxes": batch["num_unmatched_boxes"],
+            "labelling/missing_classes": batch["num_missing_classes"],
+        }
+        for name, count in counts.items():
+            self.log(
+                name, float(count), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True
+            )
         if bool(batch["has_gt"].any()):
             self.train_label_metric.update(
                 batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]]

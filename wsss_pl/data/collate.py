@@ -10,6 +10,7 @@ Batch (a dict; ``collate_samples`` output, CPU until Lightning moves it to the d
     needs_label: bool [B], True where the label source must make the target on the device
     size:        int64 [B, 2] original (height, width) of every sample
     num_skipped: int, samples dropped because they were unreadable (skip_corrupt)
+    num_labelled, num_unmatched_boxes, num_missing_classes: int, the online labeler's counts
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def collate_samples(samples: list[Sample | None]) -> dict[str, Any]:
         "needs_label": torch.tensor([t is None for t in targets], dtype=torch.bool),
         "size": torch.tensor([list(s["image"].shape[1:]) for s in kept], dtype=torch.int64),
         "num_skipped": len(samples) - len(kept),
+        # Filled by an online label source on the device; logged (summed) by the module.
+        "num_labelled": 0,
+        "num_unmatched_boxes": 0,
+        "num_missing_classes": 0,
     }
     empty = torch.full((len(kept), height, width), IGNORE_INDEX, dtype=torch.uint8)
     batch["gt"] = _pad_stack(gts, height, width, IGNORE_INDEX) if any(has_gt) else empty

@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset
 
 from wsss_pl.classes import ClassVocabulary
@@ -76,7 +77,10 @@ class WSSSDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         self.source.prepare_data()
-        self.train_labels.prepare_data(self.source)
+        # Only training needs its labels: validate/test/predict never touch the labeler's weights.
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn == TrainerFn.FITTING:
+            self.train_labels.prepare_data(self.source)
 
     def setup(self, stage: str) -> None:
         wanted: dict[str, tuple[Stage, ...]] = {

@@ -46,7 +46,7 @@ class LabelSource(ABC):
         ]
         raise DataError(
             f"{type(self).__name__} has no training label for ids {missing[:5]}; "
-            "use a label source that can make them (e.g. wsss_pl.labeling.OnlinePseudoLabels)"
+            "use a label source that can make them (e.g. wsss_pl.labeling.online.OnlinePseudoLabels)"
         )
 
 
@@ -55,7 +55,8 @@ class _GroundTruthTarget:
         if sample["gt"] is None:
             raise DataError(
                 f"{sample['id']}: train_labels is GroundTruthLabels but this split has no ground "
-                "truth; use PseudoLabelDir or OnlinePseudoLabels as data.train_labels"
+                "truth; use wsss_pl.data.label_sources.PseudoLabelDir or "
+                "wsss_pl.labeling.online.OnlinePseudoLabels as data.train_labels"
             )
         return sample["gt"]
 

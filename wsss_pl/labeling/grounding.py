@@ -68,9 +68,10 @@ class GroundingDetector(nn.Module):
 
     Images are resized on their device like the Grounding DINO processor (shorter side to
     ``image_size``, longer side at most ``max_size``, bilinear with antialiasing on the uint8
-    image, the processor's own torchvision call), ImageNet normalised and zero-padded to one batch with a pixel mask. Each image's caption(s) come from
-    ``build_captions``; when an image needs several captions (over ``max_text_tokens`` tokens),
-    the model runs once per caption round, batched across the images that have that round.
+    image: the processor's own torchvision call), ImageNet normalised and zero-padded to one
+    batch with a pixel mask. Each image's caption(s) come from ``build_captions``; when an image
+    needs several captions (over ``max_text_tokens`` tokens), the model runs once per caption
+    round, batched across the images that have that round.
 
     No NMS and no re-sorting: boxes keep the model's query order, chunk after chunk, as in the
     paper's pipeline, whose masks are painted in that order (later wins).

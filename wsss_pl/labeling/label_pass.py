@@ -38,7 +38,8 @@ class LabelingData(pl.LightningDataModule):
         self.data = data
 
     def prepare_data(self) -> None:
-        self.data.prepare_data()
+        self.data.source.prepare_data()
+        self.data.train_labels.prepare_data(self.data.source)
 
     def setup(self, stage: str) -> None:
         self.data.setup("fit")
@@ -114,7 +115,7 @@ def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
     labels = data.train_labels
     if not isinstance(labels, OnlinePseudoLabels):
         raise DataError(
-            "the label command needs data.train_labels to be wsss_pl.labeling.OnlinePseudoLabels "
+            "the label command needs data.train_labels to be wsss_pl.labeling.online.OnlinePseudoLabels "
             f"(the config has {type(labels).__name__})"
         )
     data_for_pass = LabelingData(data)

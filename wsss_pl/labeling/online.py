@@ -9,6 +9,7 @@ cache is complete never loads them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.base import DatasetSource, Sample
 from wsss_pl.data.label_sources import LabelSource, TargetLoader
-from wsss_pl.errors import CacheError, DataError
+from wsss_pl.errors import CacheError
 from wsss_pl.labeling.cache import PseudoLabelCache
 from wsss_pl.labeling.labeler import MissingClassPolicy, PseudoLabeler
 from wsss_pl.labeling.merge import ConflictPolicy, MergePolicy
@@ -32,14 +33,31 @@ REVIEW_SAMPLES = 8  # labelled samples kept per epoch for the review callback
 
 
 class _CachedTarget:
-    """Worker-side loader: the cached label of a sample, or None when it must be made."""
+    """Worker-side loader: the cached label of a sample, or None when it must be made.
 
-    def __init__(self, cache: PseudoLabelCache) -> None:
+    A label made for other image-level classes (the labels file was corrected since) is stale:
+    it is made again rather than trained on.
+    """
+
+    def __init__(self, cache: PseudoLabelCache, class_names: tuple[str, ...]) -> None:
         self.cache = cache
+        self.class_names = class_names
 
     def __call__(self, sample: Sample) -> torch.Tensor | None:
         label = self.cache.load(sample["id"])
-        if label is not None and label.shape != sample["image"].shape[1:]:
+        if label is None:
+            return None
+        metadata = self.cache.load_metadata(sample["id"]) or {}
+        present = [
+            self.class_names[i] for i in torch.nonzero(sample["labels"] > 0).flatten().tolist()
+        ]
+        if metadata.get("classes") != present:
+            log.warning(
+                "%s: cached pseudo-label was made for classes %s, the image is now labelled %s; "
+                "labelling it again", sample["id"], metadata.get("classes"), present,
+            )  # fmt: skip
+            return None
+        if label.shape != sample["image"].shape[1:]:
             raise CacheError(
                 f"cached pseudo-label {self.cache.path(sample['id'])} is {tuple(label.shape)} but "
                 f"image {sample['id']} is {tuple(sample['image'].shape[1:])}; the cache belongs to "
@@ -130,9 +148,11 @@ class OnlinePseudoLabels(LabelSource):
         weights = next((directory / f for f in _WEIGHT_FILES if (directory / f).is_file()), None)
         if weights is None:
             raise CacheError(f"Grounding DINO directory {directory} has none of {_WEIGHT_FILES}")
+        # Keyed by content, not by name or path: a moved or renamed copy reuses the cache.
+        config_sha256 = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
         return {
-            "name": self.detector_name,
             "sha256": checkpoint_fingerprint(weights),
+            "config_sha256": config_sha256,
             "dir": str(directory),
         }
 
@@ -195,7 +215,8 @@ class OnlinePseudoLabels(LabelSource):
     def loader(self) -> TargetLoader:
         if self.cache is None:
             raise RuntimeError("OnlinePseudoLabels.setup must run before loader()")
-        return _CachedTarget(self.cache)
+        assert self.vocabulary is not None
+        return _CachedTarget(self.cache, self.vocabulary.class_names)
 
     # --- labelling on the device ---------------------------------------------------------
     def build_labeler(self) -> PseudoLabeler:
@@ -256,12 +277,8 @@ class OnlinePseudoLabels(LabelSource):
         sizes = batch["size"][rows].tolist()
         images = [batch["image"][i, :, :h, :w] for i, (h, w) in zip(rows, sizes, strict=True)]
         present = [self.vocabulary.names_of(batch["labels"][i].cpu()) for i in rows]
-        for i, names in zip(rows, present, strict=True):
-            if not names:
-                raise DataError(
-                    f"{batch['id'][i]}: empty image-level label set; the labeler has nothing to "
-                    "prompt for. Fix its labels or drop the id from the split"
-                )
+        # An empty label set (allowed by the dataset: a background-only image) needs no prompt:
+        # the labeler returns all background for it without running the models.
         results = self.labeler(batch["image"].device)(images, present)
         for i, (h, w), result in zip(rows, sizes, results, strict=True):
             sample_id = batch["id"][i]
@@ -285,6 +302,10 @@ class OnlinePseudoLabels(LabelSource):
         self.num_labelled += len(rows)
         missing = Counter(name for result in results for name in result.missing_classes)
         unmatched = sum(result.num_unmatched_boxes for result in results)
+        # Per-batch counts that the LightningModule logs (summed over the epoch and ranks).
+        batch["num_labelled"] = len(rows)
+        batch["num_unmatched_boxes"] = unmatched
+        batch["num_missing_classes"] = sum(missing.values())
         if missing or unmatched:
             log.info(
                 "labelled %d images: %d boxes matched no prompted class; no box for %s",
