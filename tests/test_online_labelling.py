@@ -77,13 +77,19 @@ class EpochCounts(pl.Callback):
         self.per_epoch.append(self.labels.images_labelled - self._start)
 
 
-def _fit(tmp_path: Path, labels: CountingLabels, epochs: int) -> EpochCounts:
+def _fit(
+    tmp_path: Path,
+    labels: CountingLabels,
+    epochs: int,
+    logger: Any = False,
+    extra: tuple[pl.Callback, ...] = (),
+) -> EpochCounts:
     counts = EpochCounts(labels)
     net = DeepLabV2(num_classes=21, backbone="resnet18", freeze_bn=False)
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False,
+        accelerator="cpu", max_epochs=epochs, logger=logger, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=1, callbacks=[counts],
+        limit_val_batches=1, callbacks=[counts, *extra],
     )  # fmt: skip
     data = _data(tmp_path, labels)
     trainer.fit(SegmentationModule(net, class_names=data.class_names), datamodule=data)
@@ -191,6 +197,34 @@ def test_detector_fingerprint_follows_the_weights_not_the_path(tmp_path: Path) -
 
     assert detector_settings(tmp_path / "a") == detector_settings(tmp_path / "moved")
     assert detector_settings(tmp_path / "a") != detector_settings(tmp_path / "other")
+
+
+def test_review_logs_fresh_pseudo_labels_with_boxes_to_wandb(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from wsss_pl.callbacks import ReviewCallback
+    from wsss_pl.classes import VOC
+
+    labels = CountingLabels(cache_root=str(tmp_path / "cache"))
+    logger = WandbLogger(project="wsss_pl-test", save_dir=str(tmp_path), offline=True)
+    _fit(tmp_path, labels, epochs=1, logger=logger, extra=(ReviewCallback(num_val_samples=1),))
+    logger.experiment.finish()
+    (run_dir,) = tmp_path.glob("wandb/offline-run-*")
+    media = run_dir / "files" / "media" / "images"
+    assert list((media / "train").glob("pseudo_labels_*.png"))
+    assert list((media / "mask" / "train").glob("pseudo_labels_*.mask.png"))
+    # Each reviewed image carries its detections as a W&B boxes2D layer: class and score.
+    box_dir = run_dir / "files" / "media" / "metadata" / "boxes2D" / "train"
+    boxes = [
+        b
+        for path in box_dir.glob("pseudo_labels_*.json")
+        for b in json.loads(path.read_text())["box_data"]
+    ]
+    assert boxes, "no box layer logged (or the tiny detector found no box)"
+    for box in boxes:
+        class_name, score = box["box_caption"].split(" (")[0].rsplit(" ", 1)
+        assert class_name in VOC.class_names and box["class_id"] == VOC.label_id(class_name)
+        assert 0.3 < float(score) <= 1.0  # above the box threshold
 
 
 def test_wandb_box_layer_names_class_and_score() -> None:
