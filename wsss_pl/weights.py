@@ -368,7 +368,9 @@ def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower():
+        # torch words both cases "Weights only load failed"; only a disallowed global means the
+        # file is intact but holds Python objects (random bytes fail on an unknown opcode).
+        if "unsupported global" in str(error).lower():
             raise WeightsError(
                 f"{path} contains pickled Python objects besides tensors, which wsss_pl refuses "
                 "to load (weights_only=True: unpickling could run arbitrary code). If you trust "
@@ -382,6 +384,8 @@ def _load(path: Path) -> Any:
 
 def _corrupt(path: Path, error: BaseException) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if first_line.startswith("Weights only load failed"):  # torch's advice there does not apply
+        first_line = "not a valid checkpoint archive or pickle"
     return (
         f"{path} cannot be read as a PyTorch checkpoint ({first_line}); it is probably truncated "
         "or damaged (an interrupted download or copy): delete it and download or copy it again"

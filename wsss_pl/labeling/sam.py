@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Literal
 
@@ -14,18 +13,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
+from wsss_pl.weights import load_state_dict, resolve_checkpoint
 
 SamType = Literal["vit_h", "vit_l", "vit_b"]
-
-
-def _resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A local file for ``checkpoint`` (``wsss_pl.weights.resolve_checkpoint`` when present)."""
-    try:
-        weights = importlib.import_module("wsss_pl.weights")
-    except ImportError:
-        return Path(checkpoint)
-    resolver = getattr(weights, "resolve_checkpoint", None)
-    return Path(checkpoint) if resolver is None else Path(resolver(checkpoint))
 
 
 class SamSegmenter(nn.Module):
@@ -61,17 +51,17 @@ class SamSegmenter(nn.Module):
         """
         if model_type not in ("vit_h", "vit_l", "vit_b"):
             raise ValueError(f"model_type must be vit_h, vit_l or vit_b, got {model_type!r}")
-        path = _resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint)
         if not path.is_file():
             raise WeightsError(
                 f"SAM checkpoint not found: {path}; download sam_{model_type}_*.pth from "
                 "https://github.com/facebookresearch/segment-anything#model-checkpoints"
             )
         sam = sam_model_registry[model_type](checkpoint=None)
+        state = load_state_dict(path)  # weights_only; a corrupt file is a WeightsError naming it
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             sam.load_state_dict(state)
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, ValueError) as error:
             raise WeightsError(
                 f"cannot load SAM {model_type} from {path} (wrong model_type or corrupt file): "
                 f"{str(error)[:300]}"
