@@ -77,3 +77,25 @@ def test_eval_batch_only_normalises() -> None:
     assert batch["image"].shape == (1, 3, 6, 9)
     restored = augment.denormalize(batch["image"])
     assert (restored.int() - sample["image"][None].int()).abs().max() <= 1
+
+
+def test_augmentation_is_seeded_per_rank() -> None:
+    """Equal seeds draw the same scale/crop/flip; the per-rank seeds of two ranks do not."""
+    label = torch.arange(40 * 60, dtype=torch.int64).remainder(21).to(torch.uint8).view(40, 60)
+    sample = Sample(
+        id="x",
+        image=torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8),
+        labels=torch.zeros(20),
+        gt=label,
+        target=label.clone(),
+    )
+
+    def draw(seed: int) -> torch.Tensor:
+        augment = BatchAugment(crop_size=21, scale_range=(0.5, 1.5))
+        augment.seed(seed)
+        return torch.cat(
+            [augment.train_batch(collate_samples([sample]))["target"] for _ in range(4)]
+        )
+
+    assert torch.equal(draw(7), draw(7))
+    assert not torch.equal(draw(7), draw(7 + 1_000_003))

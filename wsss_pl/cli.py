@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +38,17 @@ class SaveRunConfig(SaveConfigCallback):
 
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
         logger = trainer.logger
-        if logger is None:
-            return
-        if isinstance(logger, WandbLogger):
+        name = self.config_filename
+        if logger is None:  # no logger: still keep the config, under the run's root directory
+            directory = Path(trainer.default_root_dir)
+            name = time.strftime(f"{Path(name).stem}-%Y%m%d-%H%M%S{Path(name).suffix}")
+        elif isinstance(logger, WandbLogger):
             directory = Path(logger.experiment.dir)
             logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
         else:
             directory = Path(logger.log_dir or logger.save_dir or ".")
         directory.mkdir(parents=True, exist_ok=True)
-        self.parser.save(
-            self.config, directory / self.config_filename, skip_none=False, overwrite=True
-        )
+        self.parser.save(self.config, directory / name, skip_none=False, overwrite=True)
 
 
 class WsssCLI(LightningCLI):
@@ -65,6 +66,10 @@ class WsssCLI(LightningCLI):
         # W&B is the default logger (offline with WANDB_MODE=offline); `--trainer.logger false`
         # turns logging off and a config may choose CSV or TensorBoard instead.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "predict" and config.get("return_predictions") is None:
+            # PaletteWriter writes each batch; keeping every map in RAM too (COCO val: ~12 GB)
+            # is only wanted when asked for.
+            config["return_predictions"] = False
         if config["trainer.logger"] is None:
             config["trainer.logger"] = Namespace(
                 class_path="lightning.pytorch.loggers.WandbLogger",

@@ -47,15 +47,27 @@ class BatchAugment:
         self.flip = flip
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Own RNG for scale / crop / flip, seeded per rank (``seed``): with one global seed
+        # every DDP rank would draw the same augmentation for its j-th sample.
+        self.generator = torch.Generator()
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._stats:  # one host-to-device copy per device, not per batch
+            self._stats[device] = (self.mean.to(device), self.std.to(device))
+        return self._stats[device]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float32 [B, 3, H, W] normalised."""
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        mean, std = self._mean_std(images.device)
         return (images.float() / 255.0 - mean) / std
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """float32 normalised [B, 3, H, W] -> uint8 [B, 3, H, W] (for visualisation)."""
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        mean, std = self._mean_std(images.device)
         return ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
 
     def eval_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +94,7 @@ class BatchAugment:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """image uint8 [1,3,h,w], masks uint8 [1,h,w] -> normalised crop [1,3,S,S], masks [1,S,S]."""
         low, high = self.scale_range
-        scale = low + (high - low) * torch.rand(()).item()
+        scale = low + (high - low) * torch.rand((), generator=self.generator).item()
         height, width = image.shape[-2:]
         new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
         image = F.interpolate(image.float(), size=new_size, mode="bilinear", align_corners=False)
@@ -101,12 +113,16 @@ class BatchAugment:
             masks = {
                 k: F.pad(m, (0, pad_w, 0, pad_h), value=IGNORE_INDEX) for k, m in masks.items()
             }
-        top = int(torch.randint(0, image.shape[-2] - self.crop_size + 1, ()).item())
-        left = int(torch.randint(0, image.shape[-1] - self.crop_size + 1, ()).item())
+        top = int(
+            torch.randint(0, image.shape[-2] - self.crop_size + 1, (), generator=self.generator)
+        )
+        left = int(
+            torch.randint(0, image.shape[-1] - self.crop_size + 1, (), generator=self.generator)
+        )
         window = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
         image = image[..., window[0], window[1]]
         masks = {k: m[..., window[0], window[1]] for k, m in masks.items()}
-        if self.flip and torch.rand(()).item() < 0.5:
+        if self.flip and torch.rand((), generator=self.generator).item() < 0.5:
             image = image.flip(-1)
             masks = {k: m.flip(-1) for k, m in masks.items()}
         return image.contiguous(), {k: m.contiguous() for k, m in masks.items()}

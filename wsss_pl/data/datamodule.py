@@ -91,6 +91,9 @@ class WSSSDataModule(pl.LightningDataModule):
         }
         if stage == "fit":
             self.train_labels.setup(self.source)
+            # Reproducible with seed_everything, and different on every rank.
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self.augment.seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
         for split in wanted[stage]:
             if split not in self.datasets:
                 dataset = self.source.dataset(split)
