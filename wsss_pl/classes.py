@@ -140,10 +140,6 @@ class ClassVocabulary:
     def palette(self) -> list[int]:
         return voc_palette()
 
-    def id_to_name(self) -> dict[int, str]:
-        """Label id -> name including 0 = background (W&B mask legends, IoU tables)."""
-        return {0: "background", **{i + 1: n for i, n in enumerate(self.class_names)}}
-
 
 VOC = ClassVocabulary(
     name="voc",

@@ -13,6 +13,7 @@ Optional ground truth: ``<masks_dir>/<id>.png`` (palette or greyscale, values 0.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -189,7 +190,8 @@ class ImageFolder(DatasetSource):
         val_labels: labels file of the val/test/predict splits; None: the train images.
         masks_dir: folder of ``<id>.png`` ground-truth masks (relative to ``root`` or the cwd);
             needed for mIoU. None: no ground truth.
-        name: dataset name (pseudo-label cache folder, logs).
+        name: dataset name (pseudo-label cache folder, logs); default: the folder's name plus a
+            hash of its absolute path, so two image folders never share cached labels.
         prompt_names: detector phrase per class, e.g. ``{"tvmonitor": "tv monitor"}``.
         assist_words: extra phrases per class whose detections count as that class.
         allow_empty: keep images whose label set is empty (background only).
@@ -204,7 +206,7 @@ class ImageFolder(DatasetSource):
         train_labels: str = "labels.json",
         val_labels: str | None = None,
         masks_dir: str | None = None,
-        name: str = "custom",
+        name: str | None = None,
         prompt_names: dict[str, str] | None = None,
         assist_words: dict[str, list[str]] | None = None,
         allow_empty: bool = False,
@@ -212,6 +214,9 @@ class ImageFolder(DatasetSource):
         skip_corrupt: bool = False,
     ) -> None:
         self.root = Path(root).expanduser()
+        if name is None:
+            digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:8]
+            name = f"{self.root.resolve().name or 'images'}-{digest}"
         self.vocabulary = ClassVocabulary(
             name=name,
             class_names=tuple(classes),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,11 @@ from torchvision.transforms.v2 import functional as tvF
 from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBase
 
 from wsss_pl.classes import ClassVocabulary
+from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.prompt import Caption, assign_boxes_to_classes, build_captions
 from wsss_pl.labeling.tokenizer import bert_tokenizer
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from wsss_pl.weights import resolve_hub_model
 
 
 @dataclass
@@ -51,16 +49,6 @@ class Detections:
 
     def __len__(self) -> int:
         return self.labels.numel()
-
-
-def _resolve_model_dir(name_or_dir: str) -> str:
-    """A local directory for a Grounding DINO hub id or path (``wsss_pl.weights`` when present)."""
-    try:
-        weights = importlib.import_module("wsss_pl.weights")
-    except ImportError:
-        return name_or_dir
-    resolver = getattr(weights, "resolve_hub_model", None)
-    return name_or_dir if resolver is None else str(resolver(name_or_dir))
 
 
 class GroundingDetector(nn.Module):
@@ -113,7 +101,7 @@ class GroundingDetector(nn.Module):
 
         ``kwargs`` go to ``__init__`` (thresholds, sizes).
         """
-        model_dir = _resolve_model_dir(name_or_dir)
+        model_dir = resolve_hub_model(name_or_dir)
         try:
             model = GroundingDinoForObjectDetection.from_pretrained(model_dir)
         except OSError as error:
