@@ -160,3 +160,11 @@ def test_bad_inputs(tmp_path: Path, folder: Path) -> None:
         _source(folder).dataset("train")
     with pytest.raises(UnknownClassError, match="'dog'"):
         ImageFolder(str(folder), CLASSES, prompt_names={"dog": "puppy"})
+
+
+def test_default_name_differs_between_folders(tmp_path: Path) -> None:
+    """Two image folders with the same classes never share a pseudo-label cache directory."""
+    a = ImageFolder(str(tmp_path / "a" / "images"), classes=["cat"])
+    b = ImageFolder(str(tmp_path / "b" / "images"), classes=["cat"])
+    assert a.name != b.name and a.name.startswith("images-")
+    assert ImageFolder(str(tmp_path / "a" / "images"), classes=["cat"]).name == a.name
