@@ -50,7 +50,7 @@ def write_csv_logger_config(directory: Path) -> Path:
     return path
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "WANDB_MODE": "offline",

@@ -99,3 +99,13 @@ def test_augmentation_is_seeded_per_rank() -> None:
 
     assert torch.equal(draw(7), draw(7))
     assert not torch.equal(draw(7), draw(7 + 1_000_003))
+
+
+def test_padded_eval_sampler_flags_repeats_and_keeps_shards_equal() -> None:
+    from wsss_pl.data.samplers import PaddedEvalSampler
+
+    shards = [list(PaddedEvalSampler(list(range(5)), num_replicas=3, rank=r)) for r in range(3)]
+    assert [len(s) for s in shards] == [2, 2, 2]  # equal steps on every rank
+    counted = sorted(i for shard in shards for i, padding in shard if not padding)
+    assert counted == [0, 1, 2, 3, 4]  # each image exactly once
+    assert [i for shard in shards for i, padding in shard if padding] == [0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,9 @@ def _destroy_process_group() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Epoch metrics are torchmetrics objects already reduced across ranks when logged; Lightning's
+    # advice to add sync_dist=True would only re-average identical values.
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on epoch level")
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv else ""
     try:

@@ -12,7 +12,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim import SGD
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.metrics import ConfusionMatrix
@@ -22,6 +22,28 @@ from wsss_pl.models.inference import predict_logits
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     """The DeepLab-v2 baseline: SGD, lr 2.5e-4, momentum 0.9, weight decay 5e-4."""
     return SGD(params, lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+
+
+# Logged name -> batch key of the per-batch counts (summed over the epoch and all ranks).
+COUNTERS = {
+    "data/skipped_samples": "num_skipped",
+    "labelling/images": "num_labelled",
+    "labelling/unmatched_boxes": "num_unmatched_boxes",
+    "labelling/missing_classes": "num_missing_classes",
+}
+
+
+def _counter_key(name: str) -> str:
+    return name.replace("/", "__")  # module names may not contain "."
+
+
+def _uncounted_to_ignore(batch: dict[str, Any]) -> torch.Tensor:
+    """Ground truth [B, H, W] with DDP padding repeats set to ignore, so each image counts once."""
+    gt = batch["gt"]
+    if bool(batch["padding"].any()):
+        gt = gt.clone()
+        gt[batch["padding"]] = IGNORE_INDEX
+    return gt
 
 
 class SegmentationModule(pl.LightningModule):
@@ -64,6 +86,7 @@ class SegmentationModule(pl.LightningModule):
         self.test_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
         # Quality of the training labels themselves (pseudo-label vs ground truth, when known).
         self.train_label_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
+        self.counters = nn.ModuleDict({_counter_key(name): SumMetric() for name in COUNTERS})
 
     def _net_classes(self) -> int:
         count = getattr(self.net, "num_classes", None)
@@ -101,16 +124,8 @@ class SegmentationModule(pl.LightningModule):
             loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
         # Counted, never silent: unreadable samples skipped, and the online labeler's work.
-        counts = {
-            "data/skipped_samples": batch["num_skipped"],
-            "labelling/images": batch["num_labelled"],
-            "labelling/unmatched_boxes": batch["num_unmatched_boxes"],
-            "labelling/missing_classes": batch["num_missing_classes"],
-        }
-        for name, count in counts.items():
-            self.log(
-                name, float(count), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True
-            )
+        for name, key in COUNTERS.items():
+            self.counters[_counter_key(name)].update(float(batch[key]))
         if bool(batch["has_gt"].any()):
             self.train_label_metric.update(
                 batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]]
@@ -118,19 +133,24 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        # Metrics reduce across ranks in compute(), called on every rank in the same order.
+        # (self.log(sync_dist=True) would sync lazily, e.g. from rank 0's progress bar only.)
         if int(self.train_label_metric.confmat.sum()) > 0 or self.trainer.world_size > 1:
             self._log_scores("train_labels", self.train_label_metric.compute())
         self.train_label_metric.reset()
+        self.log_dict({name: self.counters[_counter_key(name)].compute() for name in COUNTERS})
+        for counter in self.counters.values():
+            counter.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        gt = batch["gt"].long()
+        gt = _uncounted_to_ignore(batch)
         # Pixel-weighted mean over the epoch and all ranks; a batch without valid pixels adds 0.
         valid = (gt != IGNORE_INDEX).sum()
-        loss_sum = F.cross_entropy(logits, gt, ignore_index=IGNORE_INDEX, reduction="sum")
+        loss_sum = F.cross_entropy(logits, gt.long(), ignore_index=IGNORE_INDEX, reduction="sum")
         self.val_loss.update(loss_sum / valid.clamp_min(1), weight=valid)
         preds = logits.argmax(1)
-        self.val_metric.update(preds, batch["gt"])
+        self.val_metric.update(preds, gt)
         return preds
 
     def on_validation_epoch_end(self) -> None:
@@ -145,8 +165,7 @@ class SegmentationModule(pl.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         preds = self._predict(batch)
-        if bool(batch["has_gt"].any()):
-            self.test_metric.update(preds[batch["has_gt"]], batch["gt"][batch["has_gt"]])
+        self.test_metric.update(preds, _uncounted_to_ignore(batch))
         return preds
 
     def on_test_epoch_end(self) -> None:
@@ -165,7 +184,7 @@ class SegmentationModule(pl.LightningModule):
         for name, iou in zip(self.label_names, scores["iou"].tolist(), strict=True):
             if not math.isnan(iou):
                 values[f"{split}/IoU/{name}"] = torch.tensor(iou)
-        self.log_dict(values, sync_dist=False)
+        self.log_dict(values, sync_dist=False)  # already reduced across ranks by compute()
 
     def configure_optimizers(self) -> dict[str, Any]:
         base_params = self.net.param_groups if hasattr(self.net, "param_groups") else None

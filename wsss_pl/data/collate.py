@@ -8,6 +8,7 @@ Batch (a dict; ``collate_samples`` output, CPU until Lightning moves it to the d
     has_gt:      bool [B]
     target:      uint8 [B, H, W] training label, padded with 255 (255 where still to be labelled)
     needs_label: bool [B], True where the label source must make the target on the device
+    padding:     bool [B], True for repeats that only even out DDP evaluation shards (not counted)
     size:        int64 [B, 2] original (height, width) of every sample
     num_skipped: int, samples dropped because they were unreadable (skip_corrupt)
     num_labelled, num_unmatched_boxes, num_missing_classes: int, the online labeler's counts
@@ -51,6 +52,7 @@ def collate_samples(samples: list[Sample | None]) -> dict[str, Any]:
         "labels": torch.stack([s["labels"] for s in kept]),
         "has_gt": torch.tensor(has_gt, dtype=torch.bool),
         "needs_label": torch.tensor([t is None for t in targets], dtype=torch.bool),
+        "padding": torch.tensor([bool(s.get("padding", False)) for s in kept], dtype=torch.bool),
         "size": torch.tensor([list(s["image"].shape[1:]) for s in kept], dtype=torch.int64),
         "num_skipped": len(samples) - len(kept),
         # Filled by an online label source on the device; logged (summed) by the module.

@@ -17,6 +17,7 @@ from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment
 from wsss_pl.data.base import DatasetSource, Stage
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.label_sources import GroundTruthLabels, LabeledDataset, LabelSource
+from wsss_pl.data.samplers import PaddedEvalSampler
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,14 @@ class WSSSDataModule(pl.LightningDataModule):
         dataset = self.datasets[split]
         sampler = None
         if not shuffle and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Evaluation shards without the duplicates DistributedSampler pads with, so every
-            # image counts exactly once in the confusion matrix summed across ranks.
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+            # Evaluation: equal shards with flagged padding, so ranks stay in step and every
+            # image counts once in the confusion matrix summed across ranks. Prediction: plain
+            # disjoint shards (no collectives run, and no image is written twice).
+            sampler = (
+                UnrepeatedDistributedSampler(dataset, shuffle=False)
+                if split == "predict"
+                else PaddedEvalSampler(dataset)
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -125,8 +125,13 @@ class LabeledDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Sample | None:
+    def __getitem__(self, index: int | tuple[int, bool]) -> Sample | None:
+        # PaddedEvalSampler yields (index, is_padding); padding repeats are not to be counted.
+        index, padding = index if isinstance(index, tuple) else (index, False)
         sample = self.dataset[index]
-        if sample is not None and self.load_target is not None:
-            sample["target"] = self.load_target(sample)
+        if sample is not None:
+            if self.load_target is not None:
+                sample["target"] = self.load_target(sample)
+            if padding:
+                sample["padding"] = True  # type: ignore[typeddict-unknown-key]
         return sample
