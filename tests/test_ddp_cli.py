@@ -53,3 +53,23 @@ def test_ddp_fit_then_validate_matches_single_process(tmp_path: Path) -> None:
     one = run_cli(["validate", *common, "--trainer.devices", "1"], tmp_path)
     assert one.returncode == 0, one.stderr[-4000:]
     assert math.isclose(_val_miou(tmp_path, 1), _val_miou(tmp_path, 2), rel_tol=1e-6)
+
+
+def test_ddp_fit_with_online_labels_labels_once_and_counts(tmp_path: Path) -> None:
+    loggers = write_csv_logger_config(tmp_path)
+    config = str(DEMO_CONFIG.parent / "demo_online.yaml")
+    args = ["fit", "--config", config, "--config", str(loggers), *FAST_OVERRIDES, *DDP,
+            "--data.source.init_args.num_train", "10", "--data.source.init_args.num_val", "3"]  # fmt: skip
+    result = run_cli(args, tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    assert "terminate called" not in result.stderr
+    assert len(list(tmp_path.glob("runs/demo/wandb/offline-run-*"))) == 1
+    assert len(list(tmp_path.glob("runs/demo_online/pseudo_labels/*/*/*.png"))) == 10
+    (metrics,) = tmp_path.glob("runs/csv/lightning_logs/version_*/metrics.csv")
+    with metrics.open() as handle:
+        per_epoch = [
+            float(r["labelling/images"])
+            for r in csv.DictReader(handle)
+            if r.get("labelling/images")
+        ]
+    assert per_epoch == [10.0, 0.0]  # summed over both ranks: every id once, in epoch 1
