@@ -307,3 +307,24 @@ def test_missing_class_policies() -> None:
     assert instances, "the retry at threshold 0 must find boxes"
     assert {i["class"] for i in instances} <= {"dog", "cat"}
     assert set(retried.missing_classes) == {"dog", "cat"} - {i["class"] for i in instances}
+
+
+def test_bf16_labelling_runs_and_is_fingerprinted(tmp_path: Path) -> None:
+    labels = CountingLabels(cache_root=str(tmp_path / "cache"), precision="bf16")
+    data = _data(tmp_path, labels)
+    data.prepare_data()
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    labels.label_batch(batch)
+    assert labels.images_labelled == 4 and not bool(batch["needs_label"].any())
+    assert batch["target"].dtype == torch.uint8
+    assert labels.cache is not None
+    metadata = labels.cache.load_metadata(batch["id"][0])
+    assert metadata is not None and all(
+        isinstance(v, float) for i in metadata["instances"] for v in i["box"]
+    )
+    fp32 = OnlinePseudoLabels(
+        cache_root=str(tmp_path / "cache"), detector="tiny", sam_checkpoint="tiny"
+    )
+    fp32.setup(data.source)
+    assert fp32.cache is not None and fp32.cache.directory != labels.cache.directory
