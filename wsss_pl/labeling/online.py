@@ -51,7 +51,7 @@ class _CachedTarget:
         present = [
             self.class_names[i] for i in torch.nonzero(sample["labels"] > 0).flatten().tolist()
         ]
-        if metadata.get("classes") != present:
+        if sorted(metadata.get("classes") or ()) != sorted(present):  # order carries no meaning
             log.warning(
                 "%s: cached pseudo-label was made for classes %s, the image is now labelled %s; "
                 "labelling it again", sample["id"], metadata.get("classes"), present,
