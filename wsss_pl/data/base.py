@@ -106,6 +106,17 @@ class DatasetSource(ABC):
         """The dataset of a stage; raises DataError if that stage has no split configured."""
 
 
+def configured_split(splits: dict[Stage, str | None], stage: Stage, source: str) -> str:
+    """The split name configured for ``stage``, or a DataError naming the setting to fill in."""
+    split = splits[stage]
+    if split is None:
+        raise DataError(
+            f"{source} has no {stage} split configured; set {stage}_split (e.g. 'val') in the "
+            "data source config"
+        )
+    return split
+
+
 def check_files_exist(
     ids: list[str], paths: list[Path], what: str, skip_missing: bool, context: str
 ) -> list[str]:

@@ -29,7 +29,13 @@ from pycocotools import mask as mask_utils
 
 from wsss_pl.classes import COCO as COCO_VOCABULARY
 from wsss_pl.classes import IGNORE_INDEX
-from wsss_pl.data.base import DatasetSource, SegmentationDataset, Stage, check_files_exist
+from wsss_pl.data.base import (
+    DatasetSource,
+    SegmentationDataset,
+    Stage,
+    check_files_exist,
+    configured_split,
+)
 from wsss_pl.errors import DataError, UnknownClassError
 from wsss_pl.io import read_json
 
@@ -300,12 +306,7 @@ class COCO(DatasetSource):
             )
 
     def dataset(self, stage: Stage) -> COCODataset:
-        split = self.splits[stage]
-        if split is None:
-            raise DataError(
-                f"COCO has no {stage} split configured; set {stage}_split (e.g. 'val') in the "
-                "data source config"
-            )
+        split = configured_split(self.splits, stage, "COCO")
         return COCODataset(
             self.root,
             split,

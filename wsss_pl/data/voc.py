@@ -38,7 +38,13 @@ import torch
 
 from wsss_pl.classes import VOC as VOC_VOCABULARY
 from wsss_pl.classes import ClassVocabulary
-from wsss_pl.data.base import DatasetSource, SegmentationDataset, Stage, check_files_exist
+from wsss_pl.data.base import (
+    DatasetSource,
+    SegmentationDataset,
+    Stage,
+    check_files_exist,
+    configured_split,
+)
 from wsss_pl.errors import CorruptFileError, DataError, UnknownClassError
 from wsss_pl.io import read_json, read_label
 
@@ -408,12 +414,7 @@ class VOC(DatasetSource):
             raise DataError(f"VOC data is not in place: {'; '.join(problems)}. {_WHAT_TO_GET}")
 
     def dataset(self, stage: Stage) -> VOCDataset:
-        split = self.splits[stage]
-        if split is None:
-            raise DataError(
-                f"VOC has no {stage} split configured; set {stage}_split (e.g. 'val') in the "
-                "data source config"
-            )
+        split = configured_split(self.splits, stage, "VOC")
         return VOCDataset(
             self.root,
             split,
