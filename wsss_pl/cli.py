@@ -23,6 +23,7 @@ from lightning.pytorch.cli import (
 )
 from lightning.pytorch.loggers import WandbLogger
 
+from wsss_pl.cadence import ValidationCadence
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.errors import WsssError
 from wsss_pl.module import SegmentationModule
@@ -96,6 +97,7 @@ def build_cli(
         SegmentationModule,
         WSSSDataModule,
         save_config_callback=SaveRunConfig,
+        trainer_defaults={"callbacks": [ValidationCadence()]},  # appended to any config's list
         save_config_kwargs={"save_to_log_dir": False, "config_filename": "run_config.yaml"},
         parser_kwargs={"parser_mode": "omegaconf+"},
         args=args,
