@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             from wsss_pl.labeling.export import main as export_labels_main
 
             return export_labels_main(argv[1:])
+        if command == "reproduce":
+            from wsss_pl.reproduce import main as reproduce_main
+
+            return reproduce_main(argv[1:])
         if command == "label":
             from wsss_pl.labeling.label_pass import run_label_pass
 

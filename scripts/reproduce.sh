@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Reproduce "An Alternative to WSSS?" (Sun et al. 2023) end to end and print ours beside the paper:
+#   scripts/reproduce.sh voc --gpus 8 [--root /data/VOCdevkit] [--out runs/reproduce_voc]
+#   scripts/reproduce.sh coco --gpus 8 --root /data/coco
+#   scripts/reproduce.sh voc --dry-run     # tiny models, synthetic data, CPU, about a minute
+# Stages (label, score, fit, test, predict) are resumable; --stages picks a subset.
+# Arguments after -- go to every stage, e.g. -- --data.num_workers 8.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec python -m wsss_pl reproduce "$@"

@@ -1,0 +1,474 @@
+"""``python -m wsss_pl reproduce voc|coco``: the paper's whole experiment and the table it ends with.
+
+Stages, each a real ``python -m wsss_pl`` command in a subprocess (so ``--gpus N`` runs each of
+them as Lightning DDP on N devices), logged to ``<out>/logs/<stage>.log``:
+
+1. ``label``: fetch data and weights when missing, Grounding DINO + SAM pseudo-labels for the
+   training split on all GPUs, into ``<out>/pseudo_labels`` (resumable);
+2. ``score``: pseudo-label mIoU against ground truth, as WSSS papers report it (VOC: ``train``,
+   1,464 ids, and ``train_aug``, 10,582; COCO: ``train``);
+3. ``fit``: DeepLab-v2 on the pseudo-labels;
+4. ``test``: the best checkpoint on val with multi-scale + flip (+ CRF where the config has it);
+5. ``predict``: VOC test-set predictions in the evaluation server's layout,
+   ``results/VOC2012/Segmentation/comp6_test_cls/<id>.png``, and ``results.tar.gz`` to upload;
+6. the table: ours beside the paper's numbers, printed as markdown and saved as
+   ``<out>/results.md`` and ``<out>/results.json``.
+
+Stages already done are skipped when rerun (their outputs exist), so a crashed reproduction
+resumes. ``--dry-run`` runs the same stages end to end with tiny random models on a generated
+synthetic VOC-format dataset on the CPU, in about a minute: the pipeline's plumbing, not its
+numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from wsss_pl.errors import WsssError
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STAGES = ("label", "score", "fit", "test", "predict")
+
+
+class ReproductionError(WsssError):
+    """A stage of the reproduction failed; the message names its log."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One number of the paper's tables and where ours comes from."""
+
+    key: str
+    description: str
+    paper: float | None
+
+
+# Sun et al. 2023, "An Alternative to WSSS?": Tables 1 and 3 (Grounding DINO Swin-T + SAM ViT-H,
+# DeepLab-v2 ResNet-101).
+PAPER: dict[str, tuple[Target, ...]] = {
+    "voc": (
+        Target("pseudo_train", "pseudo-labels, VOC 2012 train (1,464)", 88.3),
+        Target("pseudo_train_aug", "pseudo-labels, VOC 2012 train_aug (10,582)", None),
+        Target("val", "DeepLab-v2 R101, VOC 2012 val (MS + flip + CRF)", 77.2),
+        Target("test", "DeepLab-v2 R101, VOC 2012 test (evaluation server)", 77.1),
+    ),
+    "coco": (
+        Target("pseudo_train", "pseudo-labels, COCO 2014 train", 66.8),
+        Target("val", "DeepLab-v2 R101, COCO 2014 val", 55.6),
+    ),
+}
+
+
+def dry_run_overrides(out: Path) -> dict[str, Any]:
+    """Config overlay of ``--dry-run``: synthetic VOC data, tiny random models, a few CPU steps."""
+    return {
+        "trainer": {
+            "accelerator": "cpu",
+            "max_steps": 6,
+            "val_check_interval": 3,
+            "log_every_n_steps": 1,
+            "num_sanity_val_steps": 0,
+        },
+        "model": {
+            "net": {
+                "init_args": {
+                    "backbone": "resnet18",
+                    "pretrained": None,
+                    "freeze_bn": False,
+                }
+            },
+            "optimizer": {"init_args": {"lr": 0.01}},
+            "test_scales": [0.75, 1.0],
+        },
+        "data": {
+            "source": {
+                "class_path": "wsss_pl.data.voc.VOC",
+                "init_args": {
+                    "root": str(out / "data"),
+                    "train_split": "train",
+                    "val_split": "val",
+                    "test_split": "val",
+                    "predict_split": "val",  # stands in for the test set
+                    "download": False,
+                },
+            },
+            "train_labels": {"init_args": {"detector": "tiny", "sam_checkpoint": "tiny"}},
+            "batch_size": 4,
+            "val_batch_size": 2,
+            "num_workers": 0,
+            "crop_size": 65,
+            "pin_memory": False,
+        },
+    }
+
+
+def _logger(out: Path, stage: str, offline: bool) -> dict[str, Any]:
+    return {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {
+            "project": "wsss_pl-reproduce",
+            "name": f"{out.name}-{stage}",
+            "save_dir": str(out / "wandb"),
+            "offline": offline,
+        },
+    }
+
+
+class Reproduction:
+    """Runs the stages of one reproduction into ``out``; see the module docstring."""
+
+    def __init__(
+        self,
+        dataset: str,
+        out: Path,
+        gpus: int = 1,
+        root: Path | None = None,
+        dry_run: bool = False,
+        config: Path | None = None,
+        extra_args: list[str] | None = None,
+        offline: bool = False,
+    ) -> None:
+        if dataset not in PAPER:
+            raise ReproductionError(f"dataset must be one of {sorted(PAPER)}, got {dataset!r}")
+        self.dataset = dataset
+        self.out = out.resolve()
+        self.gpus = gpus
+        self.root = root
+        self.dry_run = dry_run
+        self.config = config or REPO_CONFIGS / f"{dataset}.yaml"
+        self.extra_args = list(extra_args or [])
+        self.offline = offline or dry_run
+        if dry_run and dataset != "voc":
+            raise ReproductionError("--dry-run reproduces the VOC pipeline on synthetic data only")
+        if not self.config.is_file():
+            raise ReproductionError(f"config not found: {self.config}")
+        self.results: dict[str, Any] = {}
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _overlay(self, stage: str, extra: dict[str, Any] | None = None) -> Path:
+        """Write the stage's config overlay (merged over the main config) and return its path."""
+        overlay: dict[str, Any] = dry_run_overrides(self.out) if self.dry_run else {}
+        trainer = overlay.setdefault("trainer", {})
+        trainer["default_root_dir"] = str(self.out / stage)
+        trainer["logger"] = _logger(self.out, stage, self.offline)
+        if not self.dry_run:
+            trainer["devices"] = self.gpus
+            trainer["strategy"] = "ddp" if self.gpus > 1 else "auto"
+            if self.root is not None:
+                source = overlay.setdefault("data", {}).setdefault("source", {})
+                source.setdefault("init_args", {})["root"] = str(self.root)
+        labels = overlay.setdefault("data", {}).setdefault("train_labels", {})
+        labels.setdefault("init_args", {})["cache_root"] = str(self.out / "pseudo_labels")
+        for key, value in (extra or {}).items():  # dotted keys: "trainer.callbacks", ...
+            node = overlay
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        path = self.out / "configs" / f"{stage}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(overlay, sort_keys=False))
+        return path
+
+    def _run(self, stage: str, args: list[str]) -> str:
+        """Run ``python -m wsss_pl ARGS``; output is shown and kept in ``logs/<stage>.log``."""
+        log_path = self.out / "logs" / f"{stage}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "wsss_pl", *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.offline:
+            env.setdefault("WANDB_MODE", "offline")
+            env.setdefault("HF_HUB_OFFLINE", "1")
+        print(f"[reproduce] {stage}: {' '.join(command[2:])}", flush=True)
+        start = time.perf_counter()
+        lines: list[str] = []
+        with log_path.open("w", encoding="utf-8") as log_file:
+            process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            )
+            assert process.stdout is not None
+            for line in process.stdout:
+                log_file.write(line)
+                lines.append(line)
+                if not self.dry_run:
+                    print(f"  {line}", end="", flush=True)
+            code = process.wait()
+        seconds = time.perf_counter() - start
+        print(
+            f"[reproduce] {stage}: exit {code} after {seconds:.0f} s (log: {log_path})", flush=True
+        )
+        if code != 0:
+            tail = "".join(lines[-5:]).strip()
+            raise ReproductionError(
+                f"stage {stage!r} failed with exit code {code}; see {log_path}. Last lines:\n{tail}"
+            )
+        return "".join(lines)
+
+    def _cli(self, command: str, stage: str, extra: dict[str, Any] | None = None) -> list[str]:
+        return [
+            command,
+            "--config", str(self.config),
+            "--config", str(self._overlay(stage, extra)),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def prepare_dry_run_data(self) -> None:
+        from wsss_pl.data.synthetic import make_synthetic_voc
+
+        make_synthetic_voc(self.out / "data", num_train=12, num_val=4, image_size=(96, 128))
+
+    def label(self) -> None:
+        extra = {} if self.dry_run else {"data.source.init_args.download": True}
+        self._run("label", self._cli("label", "label", extra))
+
+    def cache_dir(self) -> Path:
+        """The pseudo-label cache the label stage filled (newest manifest under pseudo_labels/)."""
+        manifests = sorted(
+            (self.out / "pseudo_labels").glob("*/*/manifest.json"), key=lambda p: p.stat().st_mtime
+        )
+        if not manifests:
+            raise ReproductionError(
+                f"no pseudo-label cache under {self.out / 'pseudo_labels'}: run the label stage"
+            )
+        return manifests[-1].parent
+
+    def _data_base(self) -> Path:
+        from wsss_pl.data.voc import find_voc_base
+
+        root = (self.out / "data") if self.dry_run else (self.root or Path("data/VOCdevkit"))
+        base = find_voc_base(root)
+        if base is None:
+            raise ReproductionError(f"no VOC 2012 layout under {root}; pass --root")
+        return base
+
+    def score(self) -> None:
+        """Pseudo-label mIoU on the WSSS splits (VOC); COCO's comes from the label pass report."""
+        cache = self.cache_dir()
+        if self.dataset == "coco":
+            quality = cache / "label_pass" / "quality.json"
+            if quality.is_file():
+                self.results["pseudo_train"] = json.loads(quality.read_text())["miou"] * 100
+            return
+        from wsss_pl.data.voc import read_id_list, resolve_split
+        from wsss_pl.evaluation import evaluate_label_dirs
+
+        base = self._data_base()
+        gt_candidates = [base / "SegmentationClassAug", base.parent / "SegmentationClassAug"]
+        gt_candidates.append(base / "VOC2012" / "SegmentationClass")
+        splits = {"pseudo_train": "train", "pseudo_train_aug": "train_aug"}
+        if self.dry_run:
+            splits = {"pseudo_train": "train", "pseudo_train_aug": "train"}
+        for key, split in splits.items():
+            ids = read_id_list(resolve_split(split, base, base))
+            gt_dir = next(
+                (d for d in gt_candidates if d.is_dir() and (d / f"{ids[0]}.png").is_file()), None
+            )
+            if gt_dir is None:
+                print(f"[reproduce] score: no ground truth for split {split}: skipped")
+                continue
+            result = evaluate_label_dirs(cache, gt_dir, 21, ids=ids, missing_as_background=True)
+            self.results[key] = result.miou * 100
+            print(
+                f"[reproduce] score: pseudo-labels on {split} ({len(ids)} ids): "
+                f"{result.miou * 100:.2f} mIoU"
+            )
+        self._save_partial()
+
+    def best_checkpoint(self) -> Path:
+        """The checkpoint of the best val/mIoU (from its file name), else ``last.ckpt``."""
+        pattern = re.compile(r"miou(\d+\.\d+)")
+        found = [
+            (float(m.group(1)), path)
+            for path in (self.out / "wandb").rglob("*.ckpt")
+            if (m := pattern.search(path.name))
+        ]
+        if found:
+            return max(found)[1]
+        last = sorted((self.out / "wandb").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not last:
+            raise ReproductionError(f"no checkpoint under {self.out / 'wandb'}: run the fit stage")
+        return last[-1]
+
+    def fit(self) -> None:
+        self._run("fit", self._cli("fit", "fit"))
+
+    def test(self) -> None:
+        metrics_path = self.out / "test_metrics.json"
+        callbacks = [{"class_path": "wsss_pl.reproduce.MetricsJsonWriter",
+                      "init_args": {"path": str(metrics_path)}}]  # fmt: skip
+        args = self._cli("test", "test", {"trainer.callbacks": callbacks})
+        self._run("test", [*args, "--ckpt_path", str(self.best_checkpoint())])
+        metrics = json.loads(metrics_path.read_text())
+        self.results["val"] = metrics["test/mIoU"] * 100
+        self.results["val_per_class"] = {
+            k.split("/", 2)[2]: v * 100 for k, v in metrics.items() if k.startswith("test/IoU/")
+        }
+        self._save_partial()
+
+    def predict(self) -> None:
+        if self.dataset != "voc":
+            return  # COCO: the paper reports val only
+        output = self.out / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+        if not self.dry_run and not self._has_voc_test():
+            print(
+                "[reproduce] predict: VOC 2012 test images not found (VOC2012/ImageSets/"
+                "Segmentation/test.txt); get VOC2012test.tar from the PASCAL evaluation server, "
+                "extract it over the VOC root and rerun with --stages predict"
+            )
+            return
+        extra: dict[str, Any] = {
+            "trainer.callbacks": [
+                {"class_path": "wsss_pl.callbacks.PaletteWriter",
+                 "init_args": {"output_dir": str(output)}}
+            ],
+        }  # fmt: skip
+        if not self.dry_run:
+            extra["data.source.init_args.predict_split"] = "test"
+        args = self._cli("predict", "predict", extra)
+        self._run("predict", [*args, "--ckpt_path", str(self.best_checkpoint())])
+        archive = self.out / "results.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(self.out / "results", arcname="results")
+        count = len(list(output.glob("*.png")))
+        self.results["test_predictions"] = {
+            "dir": str(output),
+            "count": count,
+            "archive": str(archive),
+        }
+        print(f"[reproduce] predict: {count} PNGs in {output}; upload {archive}")
+        self._save_partial()
+
+    def _has_voc_test(self) -> bool:
+        try:
+            base = self._data_base()
+        except ReproductionError:
+            return False
+        return (base / "VOC2012" / "ImageSets" / "Segmentation" / "test.txt").is_file() or (
+            base / "ImageSets" / "Segmentation" / "test.txt"
+        ).is_file()
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _save_partial(self) -> None:
+        (self.out / "results.partial.json").write_text(json.dumps(self.results, indent=1))
+
+    def table(self) -> str:
+        """Markdown table of ours beside the paper's numbers; also written to results.md/.json."""
+        rows = ["| result | paper | ours | ours - paper |", "|---|---:|---:|---:|"]
+        records = []
+        for target in PAPER[self.dataset]:
+            ours = self.results.get(target.key)
+            if target.key == "test" and ours is None and "test_predictions" in self.results:
+                ours_text = "upload results.tar.gz"
+            else:
+                ours_text = "-" if ours is None else f"{ours:.1f}"
+            paper_text = "-" if target.paper is None else f"{target.paper:.1f}"
+            delta = (
+                f"{ours - target.paper:+.1f}"
+                if ours is not None and target.paper is not None and not math.isnan(ours)
+                else "-"
+            )
+            rows.append(f"| {target.description} | {paper_text} | {ours_text} | {delta} |")
+            records.append({"key": target.key, "description": target.description,
+                            "paper": target.paper, "ours": ours})  # fmt: skip
+        note = (
+            "\n_dry run: tiny random models on synthetic data; the numbers test the plumbing, "
+            "not the method._\n"
+            if self.dry_run
+            else ""
+        )
+        markdown = f"## Reproduction: {self.dataset} (mIoU, %)\n\n" + "\n".join(rows) + "\n" + note
+        (self.out / "results.md").write_text(markdown)
+        payload = {"dataset": self.dataset, "dry_run": self.dry_run, "rows": records,
+                   "details": self.results, "config": str(self.config)}  # fmt: skip
+        (self.out / "results.json").write_text(json.dumps(payload, indent=1))
+        return markdown
+
+    def run(self, stages: tuple[str, ...] = STAGES) -> str:
+        self.out.mkdir(parents=True, exist_ok=True)
+        partial = self.out / "results.partial.json"
+        if partial.is_file():
+            self.results.update(json.loads(partial.read_text()))
+        if self.dry_run:
+            self.prepare_dry_run_data()
+        for stage in stages:
+            getattr(self, stage)()
+        markdown = self.table()
+        print(markdown)
+        print(
+            f"[reproduce] table saved to {self.out / 'results.md'} and {self.out / 'results.json'}"
+        )
+        return markdown
+
+
+class MetricsJsonWriter(Callback):
+    """Writes the test metrics (floats) to ``path`` as JSON, on global rank 0."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsss_pl reproduce",
+        description="Reproduce 'An Alternative to WSSS?' end to end and print ours beside the "
+        "paper's numbers. Extra arguments after -- go to every stage (e.g. -- --data.num_workers 8).",
+    )
+    parser.add_argument("dataset", choices=sorted(PAPER))
+    parser.add_argument("--gpus", type=int, default=1, help="devices per stage (DDP when > 1)")
+    parser.add_argument("--root", type=Path, help="dataset root (default: the config's)")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/reproduce_<dataset>)")
+    parser.add_argument("--config", type=Path, help="main config (default configs/<dataset>.yaml)")
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="tiny models, synthetic data, CPU")
+    parser.add_argument("--offline", action="store_true", help="W&B offline (sync later)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, extra = argv[:split], argv[split + 1 :]
+    args = build_parser().parse_args(argv)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ReproductionError(f"--stages: unknown {unknown}; choose from {', '.join(STAGES)}")
+    if args.gpus < 1:
+        raise ReproductionError(f"--gpus must be >= 1, got {args.gpus}")
+    out = args.out or Path("runs") / (
+        f"reproduce_{args.dataset}" + ("_dry_run" if args.dry_run else "")
+    )
+    Reproduction(
+        args.dataset, out, gpus=args.gpus, root=args.root, dry_run=args.dry_run,
+        config=args.config, extra_args=extra, offline=args.offline,
+    ).run(stages)  # fmt: skip
+    return 0
