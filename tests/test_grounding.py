@@ -125,18 +125,29 @@ def test_empty_class_list_skips_the_model(detector, images, monkeypatch) -> None
 
 def test_long_class_lists_run_once_per_caption_chunk(detector, images, monkeypatch) -> None:
     small = GroundingDetector(
-        detector.model, detector.tokenizer, max_text_tokens=12, image_size=256, max_size=427
+        detector.model,
+        detector.tokenizer,
+        max_text_tokens=12,
+        image_size=256,
+        max_size=427,
+        batch_invariant=False,
     )
     log = CallLog(detector.model)
     monkeypatch.setattr(small, "model", log)
     present = [["dog", "horse", "sofa"], ["cat"]]  # "dog . horse . halter . saddle ." is 11 tokens
-    results = small(images, present, VOC, box_threshold=0.0)
+    same_shape = [images[0], images[0].flip(-1)]
+    results = small(same_shape, present, VOC, box_threshold=0.0)
     assert [size for size, _ in log.calls] == [2, 1]  # round 1 batched over both images
     decoded = [
         small.tokenizer.decode(ids, skip_special_tokens=True)
         for _, rows in log.calls
         for ids in rows
     ]
+    small(images, present, VOC, box_threshold=0.0)  # other shapes are never batched together
+    assert [size for size, _ in log.calls[2:]] == [1, 1, 1]
+    small.batch_invariant = True  # every image alone
+    small(same_shape, present, VOC, box_threshold=0.0)
+    assert [size for size, _ in log.calls[5:]] == [1, 1, 1]
     assert decoded == ["dog. horse. halter. saddle.", "cat.", "sofa."]
     assert len(results[0]) + results[0].num_unmatched == 2 * NUM_QUERIES
     assert set(results[0].labels.tolist()) <= {12, 13, 18}

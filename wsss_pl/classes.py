@@ -84,6 +84,9 @@ class ClassVocabulary:
         prompt_names: phrase used in the detector caption for a class (default: the class name).
         assist_words: extra phrases per class; a detection on one counts as its parent class.
         category_ids: dataset-specific ids (COCO category ids) of ``class_names``, same order.
+        caption_separator: what joins the phrases of a ``paper``-style caption, as the released
+            code wrote them: ``"."`` for VOC (process_pascal.py), ``" . "`` for COCO
+            (process_coco.py).
     """
 
     name: str
@@ -91,6 +94,7 @@ class ClassVocabulary:
     prompt_names: Mapping[str, str] = field(default_factory=dict)
     assist_words: Mapping[str, Sequence[str]] = field(default_factory=dict)
     category_ids: tuple[int, ...] | None = None
+    caption_separator: str = " . "
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -146,6 +150,7 @@ VOC = ClassVocabulary(
     class_names=VOC_CLASSES,
     prompt_names=VOC_PROMPT_NAMES,
     assist_words=VOC_ASSIST_WORDS,
+    caption_separator=".",
 )
 
 COCO = ClassVocabulary(name="coco", class_names=COCO_CLASSES, category_ids=COCO_CATEGORY_IDS)

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as tvF
 from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBase
@@ -15,7 +17,13 @@ from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBas
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.prompt import Caption, assign_boxes_to_classes, build_captions
+from wsss_pl.labeling.prompt import (
+    Caption,
+    assign_boxes_by_argmax_word,
+    assign_boxes_to_classes,
+    build_captions,
+)
+from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule, detector_input_size
 from wsss_pl.labeling.tokenizer import bert_tokenizer
 from wsss_pl.weights import resolve_hub_model
 
@@ -54,22 +62,30 @@ class Detections:
 class GroundingDetector(nn.Module):
     """Frozen Grounding DINO (transformers) prompted with each image's class names.
 
-    Images are resized on their device like the Grounding DINO processor (shorter side to
-    ``image_size``, longer side at most ``max_size``, bilinear with antialiasing on the uint8
-    image: the processor's own torchvision call), ImageNet normalised and zero-padded to one
-    batch with a pixel mask. Each image's caption(s) come from ``build_captions``; when an image
-    needs several captions (over ``max_text_tokens`` tokens), the model runs once per caption
-    round, batched across the images that have that round.
-
+    Each image's caption(s) come from ``build_captions`` (``caption_style``); when an image needs
+    several captions (over ``max_text_tokens`` tokens), the model runs once per caption round.
     No NMS and no re-sorting: boxes keep the model's query order, chunk after chunk, as in the
     paper's pipeline, whose masks are painted in that order (later wins).
 
-    Padding: by default images are padded to the batch's largest one, as the Grounding DINO
-    processor does, so an image's scores can shift slightly with the other images of its batch.
-    ``pad_to_canvas=True`` pads every image to a fixed canvas of its orientation
-    (``image_size x max_size`` or ``max_size x image_size``), batching landscape and portrait
-    images separately: each image's boxes then depend on that image only (reproducible labels
-    whatever the batch size or GPU count), at the cost of computing on the padding.
+    Input images (``image_resize``):
+        ``pil``: as the released code's ``T.Compose([RandomResize([800], max_size=1333),
+        ToTensor(), Normalize(...)])`` makes them: PIL bilinear resize of the uint8 image on the
+        CPU, with groundingdino's size rule (the shorter side ``int(round(...))`` when the longer
+        side caps it, the longer side truncated), then /255 and ImageNet normalisation.
+        ``tensor``: transformers' Grounding DINO processor on the image's device (torchvision's
+        uint8 resize, float target size), as wsss_pl did before the paper preset.
+
+    Batching: with ``batch_invariant`` (default) every image runs alone, unpadded, so its boxes
+    are bit-for-bit those of a batch of one whatever the batch, GPU count or backend (batched
+    matrix products differ from batch-1 ones in the last bits: measured on CPU with the tiny
+    model, scores moved by 5e-7 at batch 8 even among same-size images). Without it, images of
+    the same input shape run together, unpadded; ``pad_to_canvas=True`` instead pads every image
+    to a fixed canvas of its orientation (``image_size x max_size`` or ``max_size x image_size``)
+    and batches by orientation. Boxes never depend on the other images' sizes either way.
+
+    Box -> class (``phrase_rule``): see ``wsss_pl.labeling.prompt``. Boxes are scaled to pixels
+    the released way (``cx*W - w*W/2``, then ``+ w*W``) and clipped to the image only with
+    ``clip_boxes`` (the released code passed them to SAM unclipped).
     """
 
     def __init__(
@@ -82,6 +98,11 @@ class GroundingDetector(nn.Module):
         image_size: int = 800,
         max_size: int = 1333,
         pad_to_canvas: bool = False,
+        caption_style: CaptionStyle = "prompt_names",
+        phrase_rule: PhraseRule = "best_class_token",
+        image_resize: ImageResize = "tensor",
+        clip_boxes: bool = True,
+        batch_invariant: bool = True,
     ) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
@@ -92,6 +113,11 @@ class GroundingDetector(nn.Module):
         self.image_size = image_size
         self.max_size = max_size
         self.pad_to_canvas = pad_to_canvas
+        self.caption_style: CaptionStyle = caption_style
+        self.phrase_rule: PhraseRule = phrase_rule
+        self.image_resize: ImageResize = image_resize
+        self.clip_boxes = clip_boxes
+        self.batch_invariant = batch_invariant
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), False)
 
@@ -129,14 +155,7 @@ class GroundingDetector(nn.Module):
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the model sees: shorter side ``image_size`` unless the longer passes ``max_size``."""
-        short, long = min(height, width), max(height, width)
-        target = float(self.image_size)
-        if long / short * target > self.max_size:
-            target = self.max_size * short / long
-        if short == round(target):
-            return height, width
-        new_short, new_long = round(target), int(target * long / short)
-        return (new_short, new_long) if height <= width else (new_long, new_short)
+        return detector_input_size(height, width, self.image_size, self.max_size, self.image_resize)
 
     def canvas_size(self, height: int, width: int) -> tuple[int, int]:
         """The fixed padded (h, w) of an image of this size when ``pad_to_canvas``."""
@@ -157,9 +176,12 @@ class GroundingDetector(nn.Module):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"expected a uint8 [3, H, W] image, got {tuple(image.shape)}")
             size = self.resized_size(*image.shape[-2:])
-            pixels = image.to(self.device)
-            if size != tuple(image.shape[-2:]):
-                pixels = _resize(pixels, size)
+            if self.image_resize == "pil":
+                pixels = _resize_pil(image, size).to(self.device)
+            else:
+                pixels = image.to(self.device)
+                if size != tuple(image.shape[-2:]):
+                    pixels = _resize(pixels, size)
             resized.append((pixels.float() / 255.0 - self.pixel_mean) / self.pixel_std)
         height = max(x.shape[-2] for x in resized)
         width = max(x.shape[-1] for x in resized)
@@ -195,16 +217,22 @@ class GroundingDetector(nn.Module):
             raise ValueError(f"{len(images)} images but {len(present)} class lists")
         threshold = self.box_threshold if box_threshold is None else box_threshold
         captions = [
-            build_captions(vocabulary, names, self.tokenizer, self.max_text_tokens)
+            build_captions(
+                vocabulary, names, self.tokenizer, self.max_text_tokens, self.caption_style
+            )
             for names in present
         ]
         parts: list[list[Detections]] = [[] for _ in images]
-        groups: dict[tuple[int, int] | None, list[int]] = {}
+        # Images that may share a forward pass: same canvas, or same input shape (no padding).
+        groups: dict[tuple[int, ...], list[int]] = {}
         for i, image_captions in enumerate(captions):
             if image_captions:
-                key = self.canvas_size(*images[i].shape[-2:]) if self.pad_to_canvas else None
+                size = tuple(images[i].shape[-2:])
+                shape = self.canvas_size(*size) if self.pad_to_canvas else self.resized_size(*size)
+                key = (*shape, i) if self.batch_invariant else shape
                 groups.setdefault(key, []).append(i)
-        for canvas, todo in groups.items():
+        for key, todo in groups.items():
+            canvas = (key[0], key[1]) if self.pad_to_canvas else None
             pixel_values, pixel_mask = self.preprocess([images[i] for i in todo], canvas)
             for chunk in range(max(len(captions[i]) for i in todo)):
                 rows = [r for r, i in enumerate(todo) if len(captions[i]) > chunk]
@@ -243,13 +271,21 @@ class GroundingDetector(nn.Module):
         token_scores = logits.sigmoid()
         scores = token_scores.max(dim=1).values
         keep = scores > box_threshold
-        labels, phrases = assign_boxes_to_classes(token_scores[keep], caption, self.text_threshold)
+        if self.phrase_rule == "argmax_word":
+            labels, phrases = assign_boxes_by_argmax_word(token_scores[keep], caption)
+        else:
+            labels, phrases = assign_boxes_to_classes(
+                token_scores[keep], caption, self.text_threshold
+            )
         matched = labels > 0
         height, width = image_size
-        cx, cy, w, h = boxes[keep][matched].unbind(-1)
-        xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
-        scale = torch.tensor([width, height, width, height], dtype=xyxy.dtype, device=xyxy.device)
-        xyxy = torch.minimum((xyxy * scale).clamp(min=0), scale)
+        scale = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+        # The released arithmetic: scale cxcywh to pixels, x0 = cx - w / 2, then x1 = w + x0.
+        pixels = boxes[keep][matched] * scale
+        top_left = pixels[:, :2] - pixels[:, 2:] / 2
+        xyxy = torch.cat([top_left, pixels[:, 2:] + top_left], dim=1)
+        if self.clip_boxes:
+            xyxy = torch.minimum(xyxy.clamp(min=0), scale)
         return Detections(
             boxes=xyxy,
             scores=scores[keep][matched],
@@ -257,6 +293,16 @@ class GroundingDetector(nn.Module):
             phrases=[p for p, m in zip(phrases, matched.tolist(), strict=True) if m],
             num_unmatched=int((~matched).sum()),
         )
+
+
+def _resize_pil(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 [3, H, W] -> uint8 [3, h, w] through PIL's bilinear resize on the CPU, the call
+    torchvision's ``resize`` makes on a PIL image (the released code's detector input)."""
+    if tuple(image.shape[-2:]) == size:
+        return image
+    array = image.detach().to("cpu", torch.uint8).permute(1, 2, 0).numpy()
+    resized = Image.fromarray(array).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
 
 
 def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:

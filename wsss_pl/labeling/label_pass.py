@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -17,10 +19,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
 from tqdm import tqdm
 
 from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.data.datamodule import WSSSDataModule
+from wsss_pl.data.label_sources import LabeledDataset
 from wsss_pl.errors import DataError
 from wsss_pl.evaluation import LabelEvaluation, format_table
 from wsss_pl.io import write_json
@@ -30,8 +34,54 @@ from wsss_pl.metrics import ConfusionMatrix
 log = logging.getLogger(__name__)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image file's header, without decoding it; (0, 0) if unreadable
+    (the sample then fails or is skipped where it is loaded, with the dataset's own error)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError):
+        return 0, 0
+    return height, width
+
+
+class _Reordered(torch.utils.data.Dataset):
+    """``dataset`` read in ``order`` (indices may come as ``(index, is_padding)`` pairs)."""
+
+    def __init__(self, dataset: LabeledDataset, order: list[int]) -> None:
+        self.dataset = dataset
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int | tuple[int, bool]) -> Any:
+        if isinstance(index, tuple):
+            return self.dataset[(self.order[index[0]], index[1])]
+        return self.dataset[self.order[index]]
+
+
+def shape_order(dataset: LabeledDataset, labels: OnlinePseudoLabels) -> list[int]:
+    """Indices of ``dataset`` sorted by the detector input shape of each image (then its size and
+    index), so that batches hold images the detector can run together without padding."""
+    base = dataset.dataset
+    paths = [base.image_path(i) for i in base.ids]  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sizes = list(pool.map(image_size, paths))
+    keys = [
+        (labels.detector_input_size(h, w) if h and w else (1 << 30, 1 << 30), h, w, index)
+        for index, (h, w) in enumerate(sizes)
+    ]
+    return [key[-1] for key in sorted(keys)]
+
+
 class LabelingData(pl.LightningDataModule):
-    """The training split of a WSSSDataModule, in order, with raw uint8 images (no augmentation)."""
+    """The training split of a WSSSDataModule with raw uint8 images (no augmentation).
+
+    When the labeller batches images (``batch_invariant: false``), the ids are read sorted by
+    detector input shape (image sizes from the file headers), so that batches of one shape are
+    large; otherwise in the split's order. The labels are the same either way.
+    """
 
     def __init__(self, data: WSSSDataModule) -> None:
         super().__init__()
@@ -45,7 +95,21 @@ class LabelingData(pl.LightningDataModule):
         self.data.setup("fit")
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
-        return self.data._loader("train", self.data.batch_size, shuffle=False)
+        labels = self.data.train_labels
+        train = self.data.datasets["train"]
+        if not isinstance(labels, OnlinePseudoLabels) or labels.batch_invariant:
+            return self.data._loader("train", self.data.batch_size, shuffle=False)
+        if not hasattr(train.dataset, "image_path"):
+            return self.data._loader("train", self.data.batch_size, shuffle=False)
+        start = time.perf_counter()
+        order = shape_order(train, labels)
+        log.info("sorted %d ids by image shape in %.1f s", len(order), time.perf_counter() - start)
+        # The DataModule's own loader (samplers, workers, collate) over the reordered split.
+        self.data.datasets["train"] = _Reordered(train, order)  # type: ignore[assignment]
+        try:
+            return self.data._loader("train", self.data.batch_size, shuffle=False)
+        finally:
+            self.data.datasets["train"] = train
 
 
 class LabelingModule(pl.LightningModule):

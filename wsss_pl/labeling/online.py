@@ -24,6 +24,14 @@ from wsss_pl.errors import CacheError
 from wsss_pl.labeling.cache import PseudoLabelCache
 from wsss_pl.labeling.labeler import MissingClassPolicy, PseudoLabeler
 from wsss_pl.labeling.merge import ConflictPolicy, MergePolicy
+from wsss_pl.labeling.rules import (
+    PRESETS,
+    CaptionStyle,
+    ImageResize,
+    PhraseRule,
+    Preset,
+    detector_input_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,27 @@ class _CachedTarget:
 class OnlinePseudoLabels(LabelSource):
     """Grounding DINO + SAM pseudo-labels, made lazily per sample on the device and cached.
 
+    A label depends on the image, its classes and these settings only: with ``batch_invariant``
+    (default) each image runs through both models alone, so neither its batch nor the GPU count
+    changes a bit of it.
+
     Args:
+        preset: ``paper`` (default): the released code's labelling rules, i.e. caption_style
+            ``paper`` (raw VOC names + assist words joined by ``"."``, COCO names by ``" . "``,
+            ``"."`` appended), phrase_rule ``argmax_word`` (arg-max token over the whole caption
+            grown to its word, looked up; text_threshold unused), image_resize ``pil`` (PIL
+            bilinear detector input with groundingdino's size rule; SAM input as
+            ``SamPredictor.set_image``) and clip_boxes ``false``. ``wsss_pl``: readable prompt
+            names with ``" . "``, the best class token above text_threshold, torch resizes on the
+            device, boxes clipped. The four options below override single rules of the preset.
+        caption_style: ``paper`` or ``prompt_names`` (see ``wsss_pl.labeling.prompt``).
+        phrase_rule: ``argmax_word`` or ``best_class_token`` (see ``wsss_pl.labeling.prompt``).
+        image_resize: ``pil`` or ``tensor`` (detector and SAM inputs; see ``GroundingDetector``).
+        clip_boxes: clip boxes to the image before SAM.
+        batch_invariant: run every image alone through the detector and the SAM encoder
+            (bit-for-bit one-image-at-a-time labels); false batches images of the same input
+            shape (never padded to each other), faster, equal up to the last bits of batched
+            matrix products.
         cache_root: cache directory; labels go to ``<cache_root>/<dataset>/<fingerprint>/``.
         detector: Grounding DINO: a registry name (``grounding-dino-tiny`` is the paper's Swin-T),
             a hub id, a local directory, or ``tiny`` (random tiny model, for demos and tests).
@@ -79,8 +107,8 @@ class OnlinePseudoLabels(LabelSource):
         merge_policy, conflict, missing_class_policy, retry_box_threshold: see ``PseudoLabeler``.
         prompt_names, assist_words: per-class overrides of the dataset vocabulary's prompts.
         detector_image_size: shorter side of the detector input (800 as Grounding DINO).
-        detector_pad_to_canvas: pad every image to a fixed canvas so its boxes do not depend on
-            the other images of its batch (batch size, GPU count); costs compute on padding.
+        detector_pad_to_canvas: pad every image to a fixed canvas (by orientation) instead of
+            running it at its own size; costs compute on the padding.
         sam_encoder_batch_size: images per SAM image-encoder call.
         precision: ``32`` (the paper) or ``bf16`` autocast for both models (much faster on
             recent GPUs; boxes and masks can differ slightly, so it is part of the fingerprint).
@@ -90,6 +118,12 @@ class OnlinePseudoLabels(LabelSource):
     def __init__(
         self,
         cache_root: str = "pseudo_labels",
+        preset: Preset = "paper",
+        caption_style: CaptionStyle | None = None,
+        phrase_rule: PhraseRule | None = None,
+        image_resize: ImageResize | None = None,
+        clip_boxes: bool | None = None,
+        batch_invariant: bool = True,
         detector: str = "grounding-dino-tiny",
         sam_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h",
         sam_checkpoint: str = "sam_vit_h",
@@ -107,7 +141,16 @@ class OnlinePseudoLabels(LabelSource):
         precision: Literal["32", "bf16"] = "32",
         download: bool = True,
     ) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
         self.cache_root = cache_root
+        self.preset = preset
+        rules = PRESETS[preset]
+        self.caption_style: CaptionStyle = caption_style or rules["caption_style"]
+        self.phrase_rule: PhraseRule = phrase_rule or rules["phrase_rule"]
+        self.image_resize: ImageResize = image_resize or rules["image_resize"]
+        self.clip_boxes: bool = rules["clip_boxes"] if clip_boxes is None else clip_boxes
+        self.batch_invariant = batch_invariant
         self.detector_name = detector
         self.sam_type = sam_type
         self.sam_checkpoint = sam_checkpoint
@@ -178,6 +221,12 @@ class OnlinePseudoLabels(LabelSource):
             "text_threshold": self.text_threshold,
             "detector_image_size": self.detector_image_size,
             "detector_pad_to_canvas": self.detector_pad_to_canvas,
+            # The resolved rules, not the preset's name: an equivalent explicit config shares.
+            "caption_style": self.caption_style,
+            "phrase_rule": self.phrase_rule,
+            "image_resize": self.image_resize,
+            "clip_boxes": self.clip_boxes,
+            "batch_invariant": self.batch_invariant,
             "precision": self.precision,
             "classes": list(vocabulary.class_names),
             "prompt_names": dict(vocabulary.prompt_names),
@@ -234,6 +283,11 @@ class OnlinePseudoLabels(LabelSource):
             "box_threshold": self.box_threshold,
             "text_threshold": self.text_threshold,
             "pad_to_canvas": self.detector_pad_to_canvas,
+            "caption_style": self.caption_style,
+            "phrase_rule": self.phrase_rule,
+            "image_resize": self.image_resize,
+            "clip_boxes": self.clip_boxes,
+            "batch_invariant": self.batch_invariant,
         }
         if self.detector_name == TINY:
             detector = tiny_detector(**thresholds)
@@ -242,13 +296,15 @@ class OnlinePseudoLabels(LabelSource):
             detector = GroundingDetector.from_pretrained(
                 directory, image_size=self.detector_image_size, **thresholds
             )
+        sam_options = {
+            "encoder_batch_size": 1 if self.batch_invariant else self.sam_encoder_batch_size,
+            "image_resize": self.image_resize,
+        }
         if self.sam_checkpoint == TINY:
-            segmenter = tiny_segmenter(encoder_batch_size=self.sam_encoder_batch_size)
+            segmenter = tiny_segmenter(**sam_options)
         else:
             segmenter = SamSegmenter.from_checkpoint(
-                self.sam_type,
-                self._sam_weights()["path"],
-                encoder_batch_size=self.sam_encoder_batch_size,
+                self.sam_type, self._sam_weights()["path"], **sam_options
             )
         assert self.vocabulary is not None
         return PseudoLabeler(
@@ -260,6 +316,15 @@ class OnlinePseudoLabels(LabelSource):
             missing_class_policy=self.missing_class_policy,
             retry_box_threshold=self.retry_box_threshold,
         )
+
+    def detector_input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the detector sees for an image of this size (to group same-shape images)."""
+        if self.detector_pad_to_canvas:
+            height, width = (0, 1) if height <= width else (1, 0)  # one group per orientation
+            return height, width
+        if self.detector_name == TINY:  # tiny_detector's small input (see wsss_pl.labeling.tiny)
+            return detector_input_size(height, width, 256, 427, self.image_resize)
+        return detector_input_size(height, width, self.detector_image_size, 1333, self.image_resize)
 
     def labeler(self, device: torch.device) -> PseudoLabeler:
         if self._labeler is None:
