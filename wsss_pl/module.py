@@ -84,6 +84,8 @@ class SegmentationModule(pl.LightningModule):
         crf: CRFParams = CRFParams(),  # noqa: B008 (frozen dataclass)
     ) -> None:
         super().__init__()
+        if isinstance(crf, dict):  # from a checkpoint's hyper_parameters (load_from_checkpoint)
+            crf = CRFParams(**crf)
         self.save_hyperparameters(ignore=["net", "optimizer", "crf"])
         self.hparams["crf"] = crf.as_dict()  # plain values: checkpoints load with weights_only
         self.net = net
