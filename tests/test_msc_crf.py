@@ -216,3 +216,41 @@ def test_module_test_step_applies_crf_on_the_unpadded_image() -> None:
         module._predict(batch)
     batch["image_uint8"] = uint8
     assert torch.equal(module._predict(batch), preds)
+
+
+def test_max_logit_test_fusion_is_deeplab_v2_msc_eval() -> None:
+    """test_fusion max_logit = deeplab-pytorch's MSC in eval (max at logit size, then upsample)."""
+    from wsss_pl.models.inference import predict_logits, predict_msc_max
+
+    torch.manual_seed(0)
+    net = _Stride8().eval()
+    images = torch.randn(2, 3, 65, 81)
+    with torch.no_grad():
+        base = net(images)
+        pyramid = [
+            F.interpolate(
+                net(F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)),
+                size=base.shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            )
+            for s in (0.75, 0.5)
+        ]
+        fused = torch.stack([base, *pyramid]).max(dim=0)[0]
+        expected = F.interpolate(fused, size=(65, 81), mode="bilinear", align_corners=False)
+    probs = predict_msc_max(net, images, [1.0, 0.75, 0.5])
+    torch.testing.assert_close(probs, expected.softmax(1))
+    mean = predict_logits(net, images, [1.0, 0.75, 0.5])
+    assert not torch.allclose(probs, mean)  # another rule than the probability average
+
+    flipped = predict_msc_max(net, images, [1.0, 0.75, 0.5], flip=True)
+    mirror = predict_msc_max(net, images.flip(-1), [1.0, 0.75, 0.5]).flip(-1)
+    torch.testing.assert_close(flipped, (probs + mirror) / 2)
+
+    module = SegmentationModule(
+        net, class_names=["a", "b", "c"], test_scales=[1.0, 0.75, 0.5], test_fusion="max_logit"
+    )
+    preds = module._predict(_batch(images, torch.zeros(2, 65, 81)))
+    assert torch.equal(preds, probs.argmax(1))
+    with pytest.raises(ValueError, match="1.0"):
+        SegmentationModule(net, test_scales=[0.5], test_fusion="max_logit")

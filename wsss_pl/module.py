@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -18,7 +18,7 @@ from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.errors import WsssError
 from wsss_pl.metrics import ConfusionMatrix
 from wsss_pl.models.crf import CRFParams, dense_crf
-from wsss_pl.models.inference import predict_logits
+from wsss_pl.models.inference import predict_logits, predict_msc_max
 from wsss_pl.models.msc import check_scales, msc_forward, msc_loss
 
 
@@ -68,6 +68,9 @@ class SegmentationModule(pl.LightningModule):
         test_crf: refine ``test``/``predict`` probabilities (after ``test_scales``/``test_flip``)
             with a dense CRF on the original image (CPU, pydensecrf2), as DeepLab-v2 does.
         crf: the CRF's parameters (default: DeepLab-v2's published ones).
+        test_fusion: how ``test_scales`` combine: ``mean_prob`` (softmax per scale and flip,
+            averaged at image size) or ``max_logit`` (DeepLab-v2's MSC test: logits max-fused at
+            the scale-1 logit size, then upsampled; needs 1.0 in ``test_scales``).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class SegmentationModule(pl.LightningModule):
         msc_scales: list[float] | None = None,
         test_crf: bool = False,
         crf: CRFParams = CRFParams(),  # noqa: B008 (frozen dataclass)
+        test_fusion: Literal["mean_prob", "max_logit"] = "mean_prob",
     ) -> None:
         super().__init__()
         if isinstance(crf, dict):  # from a checkpoint's hyper_parameters (load_from_checkpoint)
@@ -97,6 +101,11 @@ class SegmentationModule(pl.LightningModule):
         self.test_flip = test_flip
         self.msc_scales = check_scales(msc_scales) if msc_scales else None
         self.test_crf = test_crf
+        if test_fusion not in ("mean_prob", "max_logit"):
+            raise ValueError(f"test_fusion must be mean_prob or max_logit, got {test_fusion!r}")
+        if test_fusion == "max_logit":
+            check_scales(self.test_scales)
+        self.test_fusion = test_fusion
         self.crf = crf
         num_classes = len(self.class_names) + 1 if self.class_names is not None else None
         self.num_classes = num_classes or self._net_classes()
@@ -186,7 +195,10 @@ class SegmentationModule(pl.LightningModule):
         self.val_loss.reset()
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
-        probs = predict_logits(self.net, batch["image"], self.test_scales, self.test_flip)
+        if self.test_fusion == "max_logit":
+            probs = predict_msc_max(self.net, batch["image"], self.test_scales, self.test_flip)
+        else:
+            probs = predict_logits(self.net, batch["image"], self.test_scales, self.test_flip)
         if self.test_crf:
             probs = self._crf(batch, probs)
         return probs.argmax(1)
