@@ -230,3 +230,36 @@ def test_resolve_hub_model_from_offline_cache(tmp_path: Path, monkeypatch) -> No
         resolve_hub_model("IDEA-Research/grounding-dino-tiny", cache_dir=tmp_path / "hub")
     (snapshot / "vocab.txt").write_text("[PAD]\n")
     assert resolve_hub_model("grounding-dino-tiny", cache_dir=tmp_path / "hub") == str(snapshot)
+
+
+def test_caffemodel_member_of_a_zip_is_downloaded_and_extracted(
+    server: LocalServer, tmp_path: Path, monkeypatch
+) -> None:
+    import zipfile
+
+    assert CHECKPOINTS["deeplabv2_coco_init"].archive_member == "init.caffemodel"
+    assert CHECKPOINTS["deeplabv2_coco_init"].url.endswith("/prototxt_and_model.zip")
+    member = b"\x00caffemodel bytes" * 1000
+    server.root.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(server.root / "prototxt_and_model.zip", "w") as zipped:
+        zipped.writestr("train.prototxt", "layer {}")
+        zipped.writestr("init.caffemodel", member)
+    entry = dataclasses.replace(
+        CHECKPOINTS["deeplabv2_coco_init"], url=server.url("prototxt_and_model.zip")
+    )
+    monkeypatch.setitem(CHECKPOINTS, "deeplabv2_coco_init", entry)
+    cache = tmp_path / "cache"
+    with pytest.raises(WeightsError, match="extract init.caffemodel"):
+        resolve_checkpoint("deeplabv2_coco_init", cache_dir=cache, download=False)
+    path = resolve_checkpoint("deeplabv2_coco_init", cache_dir=cache)
+    assert path == cache / entry.filename and path.read_bytes() == member
+    assert sorted(p.name for p in cache.iterdir()) == [entry.filename, entry.filename + ".sha256"]
+    resolve_checkpoint("deeplabv2_coco_init", cache_dir=cache)  # cached: no second request
+    assert len(server.requests) == 1
+
+    bad = dataclasses.replace(entry, archive_member="missing.caffemodel", filename="other")
+    monkeypatch.setitem(CHECKPOINTS, "deeplabv2_coco_init", bad)
+    with pytest.raises(WeightsError, match="no member 'missing.caffemodel'"):
+        resolve_checkpoint("deeplabv2_coco_init", cache_dir=cache)
+    with pytest.raises(ValueError, match="unverified"):
+        Checkpoint(name="x", url="u", filename="f", sha256="0" * 64, unverified="why")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -15,8 +15,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric, SumMetric
 
 from wsss_pl.classes import IGNORE_INDEX
+from wsss_pl.errors import WsssError
 from wsss_pl.metrics import ConfusionMatrix
-from wsss_pl.models.inference import predict_logits
+from wsss_pl.models.crf import CRFParams, dense_crf
+from wsss_pl.models.inference import predict_logits, predict_msc_max
+from wsss_pl.models.msc import check_scales, msc_forward, msc_loss
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -58,6 +61,16 @@ class SegmentationModule(pl.LightningModule):
         poly_power: learning rate = base * (1 - step / max_steps) ** poly_power, per step.
         max_steps: length of the poly schedule; default: the trainer's estimated total steps.
         test_scales, test_flip: multi-scale / flip inference for ``test`` and ``predict``.
+        msc_scales: DeepLab-v2's multi-scale training (paper: [1.0, 0.75, 0.5]): a loss on each
+            scale's logits and on their max fusion, at logit resolution with labels shrunk by
+            nearest neighbour (``wsss_pl.models.msc``). None: one scale, the loss on logits
+            upsampled to the label size. Validation stays single-scale.
+        test_crf: refine ``test``/``predict`` probabilities (after ``test_scales``/``test_flip``)
+            with a dense CRF on the original image (CPU, pydensecrf2), as DeepLab-v2 does.
+        crf: the CRF's parameters (default: DeepLab-v2's published ones).
+        test_fusion: how ``test_scales`` combine: ``mean_prob`` (softmax per scale and flip,
+            averaged at image size) or ``max_logit`` (DeepLab-v2's MSC test: logits max-fused at
+            the scale-1 logit size, then upsampled; needs 1.0 in ``test_scales``).
     """
 
     def __init__(
@@ -69,9 +82,16 @@ class SegmentationModule(pl.LightningModule):
         max_steps: int | None = None,
         test_scales: list[float] | None = None,
         test_flip: bool = False,
+        msc_scales: list[float] | None = None,
+        test_crf: bool = False,
+        crf: CRFParams = CRFParams(),  # noqa: B008 (frozen dataclass)
+        test_fusion: Literal["mean_prob", "max_logit"] = "mean_prob",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        if isinstance(crf, dict):  # from a checkpoint's hyper_parameters (load_from_checkpoint)
+            crf = CRFParams(**crf)
+        self.save_hyperparameters(ignore=["net", "optimizer", "crf"])
+        self.hparams["crf"] = crf.as_dict()  # plain values: checkpoints load with weights_only
         self.net = net
         self.optimizer_factory = optimizer
         self.class_names = list(class_names) if class_names is not None else None
@@ -79,6 +99,14 @@ class SegmentationModule(pl.LightningModule):
         self.max_steps = max_steps
         self.test_scales = list(test_scales) if test_scales else [1.0]
         self.test_flip = test_flip
+        self.msc_scales = check_scales(msc_scales) if msc_scales else None
+        self.test_crf = test_crf
+        if test_fusion not in ("mean_prob", "max_logit"):
+            raise ValueError(f"test_fusion must be mean_prob or max_logit, got {test_fusion!r}")
+        if test_fusion == "max_logit":
+            check_scales(self.test_scales)
+        self.test_fusion = test_fusion
+        self.crf = crf
         num_classes = len(self.class_names) + 1 if self.class_names is not None else None
         self.num_classes = num_classes or self._net_classes()
         self.val_metric = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
@@ -115,13 +143,11 @@ class SegmentationModule(pl.LightningModule):
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
         target = batch["target"].long()
-        if bool((target == IGNORE_INDEX).all()):
-            # Nothing to learn from; keep the graph so DDP gradients stay in step across ranks.
-            loss = logits.sum() * 0.0
+        if self.msc_scales is not None:
+            loss = msc_loss(msc_forward(self.net, batch["image"], self.msc_scales), target)
         else:
-            loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+            loss = self._single_scale_loss(batch["image"], target)
         self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
         # Counted, never silent: unreadable samples skipped, and the online labeler's work.
         for name, key in COUNTERS.items():
@@ -130,6 +156,15 @@ class SegmentationModule(pl.LightningModule):
             self.train_label_metric.update(
                 batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]]
             )
+        return loss
+
+    def _single_scale_loss(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = self(images)
+        if bool((target == IGNORE_INDEX).all()):
+            # Nothing to learn from; keep the graph so DDP gradients stay in step across ranks.
+            loss = logits.sum() * 0.0
+        else:
+            loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -160,8 +195,37 @@ class SegmentationModule(pl.LightningModule):
         self.val_loss.reset()
 
     def _predict(self, batch: dict[str, Any]) -> torch.Tensor:
-        probs = predict_logits(self.net, batch["image"], self.test_scales, self.test_flip)
+        if self.test_fusion == "max_logit":
+            probs = predict_msc_max(self.net, batch["image"], self.test_scales, self.test_flip)
+        else:
+            probs = predict_logits(self.net, batch["image"], self.test_scales, self.test_flip)
+        if self.test_crf:
+            probs = self._crf(batch, probs)
         return probs.argmax(1)
+
+    def _original_images(self, batch: dict[str, Any]) -> torch.Tensor:
+        """uint8 [B, 3, H, W] images as decoded: ``image_uint8`` when the batch has it, else the
+        normalised ``image`` mapped back with the data module's own mean/std (exact for uint8)."""
+        if "image_uint8" in batch:
+            return batch["image_uint8"]
+        augment = getattr(getattr(self._trainer, "datamodule", None), "augment", None)
+        if augment is None or not hasattr(augment, "denormalize"):
+            raise WsssError(
+                "model.test_crf needs the original images: the batch has no 'image_uint8' and "
+                "the trainer has no data module with augment.denormalize; use "
+                "wsss_pl's data module or set model.test_crf: false"
+            )
+        return augment.denormalize(batch["image"])
+
+    def _crf(self, batch: dict[str, Any], probs: torch.Tensor) -> torch.Tensor:
+        """Dense CRF per image on its unpadded region (CPU); probs float [B, C, H, W]."""
+        images = self._original_images(batch).cpu()
+        refined = probs.detach().float().cpu().clone()
+        for i, (height, width) in enumerate(batch["size"].tolist()):
+            image = images[i, :, :height, :width].permute(1, 2, 0).contiguous().numpy()
+            marginals = dense_crf(image, refined[i, :, :height, :width].numpy(), self.crf)
+            refined[i, :, :height, :width] = torch.from_numpy(marginals)
+        return refined.to(probs.device)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         preds = self._predict(batch)

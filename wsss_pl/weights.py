@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import threading
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,12 @@ CACHE_ENV = "WSSS_PL_CACHE"
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A downloadable checkpoint file with its expected sha256 (full or prefix)."""
+    """A downloadable checkpoint file with its expected sha256 (full or prefix).
+
+    ``archive_member``: the URL is a zip archive and the checkpoint is this member of it
+    (extracted to ``filename``; the archive is deleted afterwards). ``unverified``: why no
+    checksum is pinned (none published); the file's sha256 is then logged for comparison.
+    """
 
     name: str
     url: str
@@ -42,19 +49,29 @@ class Checkpoint:
     sha256_prefix: str | None = None
     description: str = ""
     size_bytes: int | None = None
+    archive_member: str | None = None
+    unverified: str = ""
 
     def __post_init__(self) -> None:
-        if (self.sha256 is None) == (self.sha256_prefix is None):
-            raise ValueError(f"checkpoint {self.name!r}: give exactly one of sha256, sha256_prefix")
+        given = (self.sha256 is not None) + (self.sha256_prefix is not None)
+        if (given != 1 and not self.unverified) or (given and self.unverified):
+            raise ValueError(
+                f"checkpoint {self.name!r}: give exactly one of sha256, sha256_prefix, or "
+                "unverified (the reason none is published)"
+            )
 
     def matches(self, digest: str) -> bool:
-        """Whether a file's sha256 hex digest is the expected one."""
+        """Whether a file's sha256 hex digest is the expected one (any, when unverified)."""
+        if self.unverified:
+            return True
         if self.sha256 is not None:
             return digest == self.sha256
         return digest.startswith(str(self.sha256_prefix))
 
     @property
     def expected(self) -> str:
+        if self.unverified:
+            return f"no pinned checksum: {self.unverified}"
         return f"sha256 {self.sha256}" if self.sha256 else f"sha256 prefix {self.sha256_prefix}"
 
 
@@ -106,6 +123,18 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             filename="resnet50-0676ba61.pth",
             sha256_prefix="0676ba61",
             description="torchvision ResNet-50 ImageNet-1k V1",
+        ),
+        # DeepLab-v2's COCO-trained ResNet-101 (the paper's VOC init), the init.caffemodel of
+        # the release zip (URL: DeepLab-v2 project page and kazuto1011/deeplab-pytorch
+        # scripts/setup_caffemodels.sh). Loaded as a caffemodel (wsss_pl.models.caffe).
+        Checkpoint(
+            name="deeplabv2_coco_init",
+            url="http://liangchiehchen.com/projects/released/deeplab_aspp_resnet101/"
+            "prototxt_and_model.zip",
+            filename="deeplabv2_resnet101_coco_init.caffemodel",
+            archive_member="init.caffemodel",
+            unverified="the DeepLab-v2 release publishes no checksum for this zip or its files",
+            description="DeepLab-v2 ResNet-101 COCO init (Caffe, BGR input; the paper's VOC init)",
         ),
     )
 }
@@ -205,19 +234,73 @@ def resolve_checkpoint(
             )
         log.warning("%s fails its checksum; downloading %s again", target, checkpoint.url)
     elif not download:
+        extract = (
+            f", extract {checkpoint.archive_member} from it"
+            if checkpoint.archive_member is not None
+            else ""
+        )
         raise WeightsError(
             f"checkpoint {checkpoint.name} ({checkpoint.description}) is not at {target} and "
-            f"downloading is off: download {checkpoint.url} on a machine with internet access and "
-            f"put it at exactly {target} ({checkpoint.expected}), or pass the file's path instead "
-            "of the name"
+            f"downloading is off: download {checkpoint.url} on a machine with internet access"
+            f"{extract} and put it at exactly {target} ({checkpoint.expected}), or pass the file's "
+            "path instead of the name"
         )
-    return download_file(
+    if checkpoint.archive_member is not None:
+        return _download_member(checkpoint, target)
+    path = download_file(
         checkpoint.url,
         target,
         sha256=checkpoint.sha256,
         sha256_prefix=checkpoint.sha256_prefix,
         error_type=WeightsError,
     )
+    if checkpoint.unverified:
+        log.warning(
+            "%s: %s; its sha256 is %s", path, checkpoint.expected, checkpoint_fingerprint(path)
+        )
+    return path
+
+
+def _download_member(checkpoint: Checkpoint, target: Path) -> Path:
+    """Download ``checkpoint``'s zip next to ``target`` (resumable, with progress), extract its
+    ``archive_member`` to ``target`` atomically, then delete the zip."""
+    member = str(checkpoint.archive_member)
+    archive = target.with_name(target.name + ".zip")
+    download_file(checkpoint.url, archive, error_type=WeightsError)
+    part = target.with_name(target.name + ".extracting")
+    try:
+        with (
+            zipfile.ZipFile(archive) as zipped,
+            zipped.open(member) as source,
+            part.open("wb") as out,
+        ):
+            shutil.copyfileobj(source, out, 1 << 20)
+    except KeyError as error:
+        part.unlink(missing_ok=True)
+        raise WeightsError(
+            f"{archive} (from {checkpoint.url}) has no member {member!r}: the release changed; "
+            f"put the file at {target} by hand"
+        ) from error
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        part.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)  # a damaged archive: the next call downloads it again
+        raise WeightsError(
+            f"cannot extract {member} from {archive} ({error}); the download is damaged and was "
+            "deleted: run again to download it anew"
+        ) from error
+    digest = file_sha256(part)
+    if not checkpoint.matches(digest):
+        part.unlink(missing_ok=True)
+        raise WeightsError(
+            f"{member} from {checkpoint.url} has sha256 {digest}, expected {checkpoint.expected}"
+        )
+    os.replace(part, target)
+    write_sha256_sidecar(target, digest)
+    archive.unlink(missing_ok=True)
+    archive.with_name(archive.name + ".sha256").unlink(missing_ok=True)  # download_file's record
+    if checkpoint.unverified:
+        log.warning("%s: %s; its sha256 is %s", target, checkpoint.expected, digest)
+    return target
 
 
 _FINGERPRINTS: dict[tuple[str, int, int], str] = {}

@@ -3,7 +3,14 @@
 The network is a plain ``nn.Module``: float images in, logits at 1/output_stride resolution out;
 upsampling, loss and optimiser live in the LightningModule. Parameter names follow torchvision
 (``backbone.conv1.weight``, ``backbone.layer3.0.conv2.weight``, ...), so torchvision ImageNet
-ResNet state dicts load directly.
+ResNet state dicts load directly; DeepLab-v2's Caffe models (``init.caffemodel``, COCO-trained)
+and deeplab-pytorch's conversions of them are renamed to these keys (``wsss_pl.models.caffe``).
+
+Two conventions follow the weights and travel in the state dict (buffers ``caffe_backbone``,
+``caffe_input``): the backbone style (``torchvision``: stride in the 3x3 conv, floor max-pool;
+``caffe``: MSRA ResNet, stride in the first 1x1 conv, ceil max-pool) and the input convention
+(``imagenet_rgb``: the data pipeline's ImageNet-normalised RGB as is; ``caffe_bgr``: converted
+inside ``forward`` to BGR 0..255 minus the Caffe mean, what Caffe weights were trained on).
 """
 
 from __future__ import annotations
@@ -13,15 +20,31 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision import models
 
+from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from wsss_pl.errors import WeightsError
+from wsss_pl.models.caffe import (
+    CAFFE_MEAN_BGR,
+    caffe_to_torchvision_keys,
+    deeplab_pytorch_to_torchvision_keys,
+    is_deeplab_pytorch,
+    read_caffemodel,
+)
 
 log = logging.getLogger(__name__)
 
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
+BackboneStyle = Literal["auto", "torchvision", "caffe"]
+InputConvention = Literal["auto", "imagenet_rgb", "caffe_bgr"]
+
+# Checkpoint layouts whose weights are Caffe's (MSRA ResNet, BGR 0..255 minus mean inputs).
+_CAFFE_LAYOUTS = ("caffe", "deeplab_pytorch")
+# Registry names whose file is a caffemodel (also recognised by the .caffemodel suffix).
+_CAFFE_NAMES = ("deeplabv2_coco_init",)
 
 _BACKBONES: dict[str, Callable[..., models.ResNet]] = {
     "resnet18": models.resnet18,
@@ -54,6 +77,20 @@ def dilate_stage(stage: nn.Sequential, dilation: int) -> None:
             if module.kernel_size == (3, 3):
                 module.dilation = (dilation, dilation)
                 module.padding = (dilation, dilation)
+
+
+def caffe_style_stage(stage: nn.Sequential) -> None:
+    """Move a Bottleneck stage's stride from the 3x3 conv to the first 1x1 (MSRA/Caffe ResNet).
+
+    Only the first block strides; its shortcut conv keeps its stride. In place.
+    """
+    for block in stage:
+        if not isinstance(block, models.resnet.Bottleneck):
+            raise ValueError("backbone_style 'caffe' needs a Bottleneck ResNet (resnet50/101)")
+        stride = block.conv2.stride
+        if stride != (1, 1):
+            block.conv2.stride = (1, 1)
+            block.conv1.stride = stride
 
 
 class ASPP(nn.Module):
@@ -95,6 +132,15 @@ class DeepLabV2(nn.Module):
             differs); see ``load_pretrained``.
         freeze_bn: keep every BatchNorm in eval mode (running statistics fixed) and its affine
             parameters frozen, as DeepLab-v2 trains with small batches.
+        backbone_style: ``torchvision`` (stride in the 3x3 conv, floor max-pool), ``caffe``
+            (DeepLab-v2's MSRA ResNet: stride in the first 1x1 conv, ceil max-pool; Bottleneck
+            backbones only) or ``auto``: ``caffe`` for Caffe weights (a ``*.caffemodel``,
+            ``deeplabv2_coco_init``, a deeplab-pytorch conversion, or a DeepLabV2 checkpoint of
+            that style), else ``torchvision``.
+        input_convention: what ``forward`` receives is always the data pipeline's ImageNet-
+            normalised RGB; ``caffe_bgr`` converts it to BGR 0..255 minus the Caffe mean first
+            (Caffe weights), ``imagenet_rgb`` uses it as is; ``auto`` follows the weights like
+            ``backbone_style``. Assumes the data module's default mean/std.
     """
 
     def __init__(
@@ -105,6 +151,8 @@ class DeepLabV2(nn.Module):
         atrous_rates: Sequence[int] = (6, 12, 18, 24),
         pretrained: str | None = None,
         freeze_bn: bool = True,
+        backbone_style: BackboneStyle = "auto",
+        input_convention: InputConvention = "auto",
     ) -> None:
         super().__init__()
         if backbone not in _BACKBONES:
@@ -117,17 +165,66 @@ class DeepLabV2(nn.Module):
         self.backbone_arch = backbone
         self.output_stride = output_stride
         self.freeze_bn = freeze_bn
+        if backbone_style not in ("auto", "torchvision", "caffe"):
+            raise ValueError(
+                f"backbone_style must be auto, torchvision or caffe: {backbone_style!r}"
+            )
+        if input_convention not in ("auto", "imagenet_rgb", "caffe_bgr"):
+            raise ValueError(
+                f"input_convention must be auto, imagenet_rgb or caffe_bgr: {input_convention!r}"
+            )
+
+        weights = _read_pretrained(pretrained) if pretrained is not None else None
+        caffe_weights = weights is not None and weights[2]
+        if weights is not None and backbone_style != "auto":
+            _check_style(caffe_weights, backbone_style, pretrained)
+        self.backbone_style = (
+            backbone_style
+            if backbone_style != "auto"
+            else "caffe"
+            if caffe_weights
+            else "torchvision"
+        )
+        convention = (
+            input_convention
+            if input_convention != "auto"
+            else "caffe_bgr"
+            if (weights[3] if weights is not None else False)
+            else "imagenet_rgb"
+        )
 
         resnet = _BACKBONES[backbone](weights=None)
         feature_channels = resnet.fc.in_features
         del resnet.fc, resnet.avgpool  # we run the stages ourselves; no classifier keys to carry
+        if self.backbone_style == "caffe":
+            for stage_name in ("layer2", "layer3", "layer4"):
+                caffe_style_stage(getattr(resnet, stage_name))
+            resnet.maxpool.ceil_mode = True  # Caffe pooling rounds the output size up
         for stage_name, dilation in _STAGE_DILATION[output_stride].items():
             dilate_stage(getattr(resnet, stage_name), dilation)
         self.backbone = resnet
         self.classifier = ASPP(feature_channels, num_classes, atrous_rates)
 
-        if pretrained is not None:
-            self.load_pretrained(pretrained)
+        # Persisted flags (uint8 0/1) so checkpoints carry their conventions; see module doc.
+        caffe = int(self.backbone_style == "caffe")
+        self.register_buffer("caffe_backbone", torch.tensor(caffe, dtype=torch.uint8))
+        self.register_buffer("caffe_input", torch.tensor(0, dtype=torch.uint8))
+        # ImageNet-normalised RGB -> Caffe BGR: out[c] = x[2 - c] * scale[c] + shift[c].
+        mean_rgb = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+        std_rgb = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+        caffe_mean = torch.tensor(CAFFE_MEAN_BGR, dtype=torch.float32)
+        self.register_buffer(
+            "_caffe_scale", (255.0 * std_rgb.flip(0)).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "_caffe_shift",
+            (255.0 * mean_rgb.flip(0) - caffe_mean).view(1, 3, 1, 1),
+            persistent=False,
+        )
+        self.set_input_convention(convention)
+
+        if weights is not None:
+            self._load_weights(*weights)
         elif freeze_bn:
             log.warning(
                 "DeepLabV2: freeze_bn with a randomly initialised backbone keeps BatchNorm at its "
@@ -140,18 +237,59 @@ class DeepLabV2(nn.Module):
                         param.requires_grad_(False)
         self.train()
 
+    def set_input_convention(self, convention: str) -> None:
+        """``imagenet_rgb`` or ``caffe_bgr`` (see the class doc); stored in the state dict."""
+        if convention not in ("imagenet_rgb", "caffe_bgr"):
+            raise ValueError(f"input convention must be imagenet_rgb or caffe_bgr: {convention!r}")
+        self.input_convention = convention
+        self.caffe_input.fill_(int(convention == "caffe_bgr"))
+
+    def to_weight_input(self, x: Tensor) -> Tensor:
+        """ImageNet-normalised RGB float [B, 3, H, W] -> what the weights expect (same shape)."""
+        if self.input_convention == "caffe_bgr":
+            return x.flip(1) * self._caffe_scale.to(x.dtype) + self._caffe_shift.to(x.dtype)
+        return x
+
     def features(self, x: Tensor) -> Tensor:
-        """float [B, 3, H, W] -> layer4 features float [B, F, ceil(H/os), ceil(W/os)]."""
+        """float [B, 3, H, W] ImageNet-normalised RGB -> layer4 features [B, F, h, w].
+
+        h = ceil(H/os) for the torchvision style; the Caffe style's ceil max-pool can add one.
+        """
         net = self.backbone
+        x = self.to_weight_input(x)
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
     def forward(self, x: Tensor) -> Tensor:
-        """float [B, 3, H, W] normalised images -> logits float [B, num_classes, ceil(H/os), ceil(W/os)].
-
-        The caller upsamples the logits to the label size.
+        """float [B, 3, H, W] ImageNet-normalised RGB -> logits float [B, num_classes, h, w]
+        at 1/output_stride (see ``features``). The caller upsamples the logits to the label size.
         """
         return self.classifier(self.features(x))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Checkpoints from before the flags existed are torchvision style / ImageNet RGB.
+        for name in ("caffe_backbone", "caffe_input"):
+            state_dict.setdefault(prefix + name, torch.tensor(0, dtype=torch.uint8))
+        stored = int(state_dict[prefix + "caffe_backbone"])
+        if stored != int(self.backbone_style == "caffe"):
+            error_msgs.append(
+                f"checkpoint backbone style is {'caffe' if stored else 'torchvision'} but this "
+                f"DeepLabV2 is built {self.backbone_style}: set backbone_style accordingly"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # The checkpoint's input convention wins: its weights were trained with it.
+        self.input_convention = "caffe_bgr" if int(self.caffe_input) else "imagenet_rgb"
 
     def train(self, mode: bool = True) -> DeepLabV2:
         """Set train/eval mode; with ``freeze_bn`` the BatchNorm layers stay in eval mode."""
@@ -186,17 +324,40 @@ class DeepLabV2(nn.Module):
         ]
 
     def load_pretrained(self, path: str | Path) -> None:
-        """Load a torchvision ResNet or DeepLabV2 checkpoint into this model.
+        """Load a torchvision ResNet, DeepLabV2, Caffe or deeplab-pytorch checkpoint.
 
         Accepted layouts (possibly nested under ``"state_dict"``/``"model"`` and a key prefix
         such as ``"module."`` or ``"model."``): torchvision ResNet keys (``conv1.weight``,
-        ``layer1.0.bn1.running_mean``, ``fc.*`` ignored) or DeepLabV2 keys (``backbone.*``,
-        ``classifier.*``). A classifier with another class count is skipped with a warning;
-        missing and unexpected keys are logged. Raises WeightsError naming ``path`` when the file
-        cannot be read, when no key matches, or when a backbone tensor has the wrong shape.
+        ``layer1.0.bn1.running_mean``, ``fc.*`` ignored), DeepLabV2 keys (``backbone.*``,
+        ``classifier.*``), deeplab-pytorch keys (``layer1.conv1.conv.weight``, ``base.`` prefix
+        allowed), or a binary ``*.caffemodel`` (DeepLab-v2 layer names). A classifier with another
+        class count is skipped with a warning; missing and unexpected keys are logged. The input
+        convention becomes the weights' one. Raises WeightsError naming ``path`` when the file
+        cannot be read, when no key matches, when a backbone tensor has the wrong shape, or when
+        the weights' backbone style differs from this model's.
         """
-        state = _read_state_dict(path)
-        mapped, layout = _to_model_keys(state, path)
+        self._load_weights(*_read_pretrained(path))
+
+    def _load_weights(
+        self,
+        mapped: dict[str, Tensor],
+        layout: str,
+        caffe_style: bool,
+        caffe_input: bool,
+        path: Any,
+    ) -> None:
+        _check_style(caffe_style, self.backbone_style, path)
+        if caffe_input != (self.input_convention == "caffe_bgr"):
+            wanted = "caffe_bgr" if caffe_input else "imagenet_rgb"
+            log.warning(
+                "checkpoint %s expects %s inputs; input_convention was %s, now %s",
+                path,
+                wanted,
+                self.input_convention,
+                wanted,
+            )
+            self.set_input_convention(wanted)
+        mapped = {k: v for k, v in mapped.items() if k not in ("caffe_backbone", "caffe_input")}
         own = self.state_dict()
 
         matched: dict[str, Tensor] = {}
@@ -233,18 +394,22 @@ class DeepLabV2(nn.Module):
         if not matched:
             raise WeightsError(
                 f"checkpoint {path}: no tensor matches a DeepLabV2 ({self.backbone_arch}) "
-                f"parameter; its keys start with {list(state)[:5]}"
+                f"parameter; its keys start with {list(mapped)[:5]}"
             )
 
-        self.load_state_dict(matched, strict=False)
+        # This model's own flags (already set to the weights' conventions above).
+        flags = {"caffe_backbone": self.caffe_backbone, "caffe_input": self.caffe_input}
+        self.load_state_dict({**matched, **{k: v.clone() for k, v in flags.items()}}, strict=False)
         # The classifier is expected to be missing from an ImageNet backbone or a skipped head.
         missing = [
             k
             for k in own
             if k not in matched
             and not k.endswith("num_batches_tracked")
+            and k not in ("caffe_backbone", "caffe_input")
             and not (
-                k.startswith("classifier.") and (layout == "torchvision" or classifier_mismatch)
+                k.startswith("classifier.")
+                and (layout in ("torchvision", "caffe", "deeplab_pytorch") or classifier_mismatch)
             )
         ]
         if missing:
@@ -267,6 +432,47 @@ class DeepLabV2(nn.Module):
 def _preview(keys: Sequence[str], limit: int = 8) -> str:
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def _check_style(caffe_weights: bool, backbone_style: str, path: Any) -> None:
+    if caffe_weights != (backbone_style == "caffe"):
+        raise WeightsError(
+            f"checkpoint {path} holds {'Caffe (MSRA)' if caffe_weights else 'torchvision'}-style "
+            f"ResNet weights but this DeepLabV2 has backbone_style {backbone_style!r}: "
+            f"set backbone_style: {'caffe' if caffe_weights else 'torchvision'} (or auto)"
+        )
+
+
+def _is_caffemodel(path: str | Path) -> bool:
+    return str(path) in _CAFFE_NAMES or str(path).endswith(".caffemodel")
+
+
+def _read_pretrained(path: str | Path) -> tuple[dict[str, Tensor], str, bool, bool, str | Path]:
+    """Read and rename weights: (DeepLabV2-keyed state, layout, Caffe-style backbone,
+    Caffe BGR input, path). Layouts: torchvision, deeplab, deeplab_pytorch, caffe."""
+    if _is_caffemodel(path):
+        from wsss_pl.weights import resolve_checkpoint
+
+        layers = read_caffemodel(resolve_checkpoint(path))
+        state, skipped = caffe_to_torchvision_keys(layers, path)
+        if skipped:
+            log.info("caffemodel %s: layers not used by DeepLabV2: %s", path, _preview(skipped))
+        if not state:
+            raise WeightsError(
+                f"caffemodel {path}: no layer has a DeepLab-v2 ResNet name (conv1, res2a_branch1, "
+                f"bn_conv1, fc1_*_c0 ...); its layers start with {[la.name for la in layers[:5]]}"
+            )
+        return state, "caffe", True, True, path
+    raw = _read_state_dict(path)
+    if is_deeplab_pytorch(raw):
+        state, skipped = deeplab_pytorch_to_torchvision_keys(raw)
+        if skipped:
+            log.info("checkpoint %s: keys not used by DeepLabV2: %s", path, _preview(skipped))
+        return state, "deeplab_pytorch", True, True, path
+    state, layout = _to_model_keys(raw, path)
+    caffe_style = layout == "deeplab" and int(state.get("caffe_backbone", 0)) == 1
+    caffe_input = layout == "deeplab" and int(state.get("caffe_input", 0)) == 1
+    return state, layout, caffe_style, caffe_input, path
 
 
 def _read_state_dict(path: str | Path) -> dict[str, Tensor]:

@@ -60,3 +60,39 @@ def predict_logits(
         total = probs if total is None else total + probs
     assert total is not None
     return total / (len(scales) * (2 if flip else 1))
+
+
+@torch.no_grad()
+def predict_msc_max(
+    model: nn.Module,
+    images: Tensor,
+    scales: Sequence[float] = (1.0, 0.75, 0.5),
+    flip: bool = False,
+) -> Tensor:
+    """Class probabilities from DeepLab-v2's MSC test: max-fused logits, as its released MSC model
+    and deeplab-pytorch's ``MSC`` in eval mode compute them.
+
+    The logits of every scale are resized to the scale-1.0 logits and max-fused there
+    (``wsss_pl.models.msc.msc_forward``), then upsampled bilinearly to (H, W) and softmaxed.
+    With ``flip`` the probabilities of the image and of its mirror are averaged (DeepLab-v2 itself
+    does not flip).
+
+    Args:
+        model: float [B, 3, h, w] -> logits; in eval mode.
+        images: float [B, 3, H, W], normalised as the model expects.
+        scales: resize factors, 1.0 included.
+
+    Returns:
+        float32 [B, C, H, W] probabilities.
+    """
+    from wsss_pl.models.msc import msc_forward
+
+    batch, (height, width) = images.shape[0], images.shape[-2:]
+    inputs = torch.cat([images, images.flip(-1)]) if flip else images
+    fused = msc_forward(model, inputs, scales)[-1]
+    probs = F.interpolate(
+        fused.float(), size=(height, width), mode="bilinear", align_corners=False
+    ).softmax(dim=1)
+    if flip:
+        probs = (probs[:batch] + probs[batch:].flip(-1)) / 2
+    return probs
