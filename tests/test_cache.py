@@ -156,7 +156,7 @@ def test_failed_png_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(PIL.Image.Image, "save", torn_save)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(CacheError, match=r"No space left on device.*cache_root"):
         cache.store("a", _label(1), _meta("a", _label(1)))
     assert not cache.path("a").exists() and not cache.has("a")
     assert _temp_files(cache.directory) == []

@@ -27,6 +27,7 @@ from wsss_pl.cadence import ValidationCadence
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.errors import WsssError
 from wsss_pl.module import SegmentationModule
+from wsss_pl.weights import check_training_checkpoint, load_training_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,21 @@ class WsssCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.WandbLogger",
                 init_args=Namespace(project="wsss_pl"),
             )
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning unpickles --ckpt_path here: an unreadable file or one with code is one line.
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            load_training_checkpoint(self.config[subcommand]["ckpt_path"])
+        super()._parse_ckpt_path()
+
+    def _check_ckpt_path(self) -> None:
+        # Before Lightning loads it: a wrong architecture or a pickle with code is one line.
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt_path:
+            check_training_checkpoint(ckpt_path, self.model)
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
 class LabelCLI(WsssCLI):

@@ -535,3 +535,98 @@ def _strip_module(name: str) -> str:
     while name.startswith("module."):
         name = name[len("module.") :]
     return name
+
+
+_CKPT_KEYWORDS = ("best", "last", "hpc", "registry")  # Lightning's names for checkpoints it finds
+
+
+def load_training_checkpoint(path: str | Path) -> Mapping[str, Any] | None:
+    """Read a ``--ckpt_path`` without unpickling code (tensors memory-mapped, not read) and check
+    that it is a Lightning checkpoint; a one-line WeightsError naming the file otherwise.
+
+    Returns None for Lightning's own names (``best``, ``last``...) and URLs, left to Lightning.
+    """
+    text = str(path)
+    if text in _CKPT_KEYWORDS or text.startswith(_CKPT_KEYWORDS[3] + ":") or "://" in text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} (--ckpt_path) does not exist; check the path")
+    try:
+        checkpoint = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except pickle.UnpicklingError as error:
+        if "unsupported global" in str(error).lower():
+            raise WeightsError(
+                f"checkpoint {path} (--ckpt_path) holds pickled Python objects besides tensors; "
+                "wsss_pl refuses to unpickle them (that could run arbitrary code): pass a "
+                "checkpoint written by wsss_pl fit"
+            ) from None
+        raise WeightsError(_not_a_checkpoint(path)) from None
+    except Exception:  # truncated zip, not a pickle at all...
+        raise WeightsError(_not_a_checkpoint(path)) from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise WeightsError(
+            f"{path} (--ckpt_path) is not a checkpoint of wsss_pl fit (no 'state_dict'; its keys: "
+            f"{_describe_keys(checkpoint)}); for pretrained backbone weights set "
+            "model.net.init_args.pretrained instead"
+        )
+    return checkpoint
+
+
+def _not_a_checkpoint(path: Path) -> str:
+    return (
+        f"{path} (--ckpt_path) cannot be read as a PyTorch checkpoint: it was not written by "
+        "torch.save, or it is truncated; pass a checkpoint written by wsss_pl fit (*.ckpt)"
+    )
+
+
+def check_training_checkpoint(path: str | Path, model: torch.nn.Module) -> None:
+    """``load_training_checkpoint`` plus: its tensors have the keys and shapes of ``model`` (the
+    configured architecture); a one-line WeightsError naming the file and the mismatch."""
+    checkpoint = load_training_checkpoint(path)
+    if checkpoint is None:
+        return
+    state = checkpoint["state_dict"]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in expected
+        if k in state
+        and isinstance(state[k], torch.Tensor)
+        and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = [
+        f"{len(found)} {what} (e.g. {found[0]})"
+        for what, found in (
+            ("keys missing", missing),
+            ("unexpected keys", unexpected),
+            ("tensors of another shape", reshaped),
+        )
+        if found
+    ]
+    if problems:
+        raise WeightsError(
+            f"checkpoint {path} (--ckpt_path) was trained with another architecture: "
+            + ", ".join(problems)
+            + "; use the model settings it was trained with (its run_config.yaml, e.g. "
+            "model.net.init_args.backbone and num_classes)"
+        )
+
+
+def unsafe_pickle_error(path: str | Path, error: BaseException) -> WeightsError | None:
+    """A WeightsError for a weights file that ``torch.load(weights_only=True)`` refused, or None
+    when ``error`` is not such a refusal (for loaders such as transformers' from_pretrained)."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    if "unsupported global" in str(error).lower():
+        return WeightsError(
+            f"{path} holds pickled Python objects besides tensors; wsss_pl refuses to unpickle "
+            "them (that could run arbitrary code): use the model's model.safetensors, or a "
+            "pytorch_model.bin of tensors only"
+        )
+    return WeightsError(_corrupt(Path(path), error))

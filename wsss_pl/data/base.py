@@ -12,6 +12,7 @@ Sample (``SegmentationDataset.__getitem__``, CPU, in a DataLoader worker; never 
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Literal, TypedDict
@@ -60,6 +61,10 @@ class SegmentationDataset(Dataset, ABC):
     def image_labels(self, sample_id: str) -> list[str]:
         """Names of the classes present in ``sample_id`` (may be empty: background only)."""
 
+    def gt_path(self, sample_id: str) -> Path | None:
+        """The file the ground truth of ``sample_id`` comes from (for messages), if known."""
+        return None
+
     def load_image(self, sample_id: str) -> torch.Tensor:
         return read_image(self.image_path(sample_id))
 
@@ -71,15 +76,20 @@ class SegmentationDataset(Dataset, ABC):
         try:
             image = self.load_image(sample_id)
             gt = self.load_gt(sample_id)
-        except CorruptFileError:
+        except CorruptFileError as error:
             if not self.skip_corrupt:
-                raise
-            log.warning("skipping %s: corrupt file (skip_corrupt is set)", sample_id, exc_info=True)
+                raise CorruptFileError(
+                    f"{error} (or set data.source.init_args.skip_corrupt: true to skip "
+                    "unreadable files)"
+                ) from error
+            log.warning("skipping %s: corrupt file (skip_corrupt is set): %s", sample_id, error)
             return None
         if gt is not None and gt.shape != image.shape[1:]:
+            gt_file = self.gt_path(sample_id)
             raise DataError(
-                f"{sample_id}: ground truth is {tuple(gt.shape)} but the image is "
-                f"{tuple(image.shape[1:])}; the mask does not belong to this image"
+                f"ground truth {gt_file or 'of ' + sample_id} is {tuple(gt.shape)} (H, W) but "
+                f"image {self.image_path(sample_id)} is {tuple(image.shape[1:])}; the mask does not "
+                f"belong to this image: replace it or remove id {sample_id!r} from the split"
             )
         labels = self.vocabulary.multi_hot(self.image_labels(sample_id))
         return Sample(id=sample_id, image=image, labels=labels, gt=gt, target=None)
@@ -115,6 +125,23 @@ def configured_split(splits: dict[Stage, str | None], stage: Stage, source: str)
             "data source config"
         )
     return split
+
+
+def inside_root(root: Path, relative: str | Path, what: str, context: str) -> Path:
+    """``root / relative``, refusing a path that leaves ``root`` (``..``, absolute paths).
+
+    Checked on the normalised path, without following symlinks: a dataset folder may link to
+    images stored elsewhere, but a labels file or id list cannot point outside its root.
+    """
+    candidate = Path(relative)
+    joined = Path(os.path.normpath(root / candidate))
+    base = Path(os.path.normpath(root))
+    if candidate.is_absolute() or (joined != base and base not in joined.parents):
+        raise DataError(
+            f"{context}: {what} {str(relative)!r} points outside {root}; every image and mask "
+            "must be inside its data root: give paths relative to it, without '..'"
+        )
+    return joined
 
 
 def check_files_exist(

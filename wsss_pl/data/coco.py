@@ -35,6 +35,7 @@ from wsss_pl.data.base import (
     Stage,
     check_files_exist,
     configured_split,
+    inside_root,
 )
 from wsss_pl.errors import DataError, UnknownClassError
 from wsss_pl.io import read_json
@@ -181,6 +182,7 @@ class COCODataset(SegmentationDataset):
         dropped = 0
         for image in content["images"]:
             sample_id = Path(image["file_name"]).stem
+            inside_root(self.image_dir, image["file_name"], "file_name", str(source))
             annotations = per_image.get(image["id"], [])
             if not annotations and drop_empty:
                 dropped += 1
@@ -224,6 +226,9 @@ class COCODataset(SegmentationDataset):
     def annotations(self, sample_id: str) -> list[dict[str, Any]]:
         """The COCO annotations (segmentation, category_id, iscrowd) of ``sample_id``."""
         return json.loads(self._records[sample_id][3])
+
+    def gt_path(self, sample_id: str) -> Path | None:
+        return self.annotation_file  # the masks are drawn from its polygons at its image size
 
     def load_gt(self, sample_id: str) -> torch.Tensor:
         _, height, width, _ = self._records[sample_id]

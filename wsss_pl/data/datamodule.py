@@ -18,6 +18,7 @@ from wsss_pl.data.base import DatasetSource, Stage
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.label_sources import GroundTruthLabels, LabeledDataset, LabelSource
 from wsss_pl.data.samplers import PaddedEvalSampler
+from wsss_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,17 @@ class WSSSDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
     ) -> None:
         super().__init__()
+        for key, value, least in (
+            ("batch_size", batch_size, 1),
+            ("val_batch_size", val_batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("crop_size", crop_size, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(
+                    f"data.{key} is {value!r}; it must be an integer >= {least}"
+                    + (" (images per device per step)" if "batch" in key else "")
+                )
         self.source = source
         self.train_labels = train_labels if train_labels is not None else GroundTruthLabels()
         self.batch_size = batch_size

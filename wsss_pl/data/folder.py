@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 
 from wsss_pl.classes import IGNORE_INDEX, ClassVocabulary
-from wsss_pl.data.base import DatasetSource, SegmentationDataset, Stage, check_files_exist
+from wsss_pl.data.base import (
+    DatasetSource,
+    SegmentationDataset,
+    Stage,
+    check_files_exist,
+    inside_root,
+)
 from wsss_pl.errors import CorruptFileError, DataError, UnknownClassError
 from wsss_pl.io import read_label
 
@@ -147,8 +153,10 @@ class ImageFolderDataset(SegmentationDataset):
     def _locate(self, key: str) -> tuple[str, Path]:
         """(id, image path) of a labels-file key: a file name relative to root, or a bare id."""
         key_path = Path(key)
+        context = f"labels file {self.labels_file}"
         if key_path.suffix.lower() in IMAGE_EXTENSIONS:
-            return key_path.stem, self.root / key_path
+            return key_path.stem, inside_root(self.root, key_path, "image", context)
+        inside_root(self.root, f"{key}.jpg", "image", context)
         found = [
             self.root / f"{key}{e}" for e in IMAGE_EXTENSIONS if (self.root / f"{key}{e}").is_file()
         ]
@@ -162,6 +170,11 @@ class ImageFolderDataset(SegmentationDataset):
 
     def image_path(self, sample_id: str) -> Path:
         return self._paths[sample_id]
+
+    def gt_path(self, sample_id: str) -> Path | None:
+        if not self._has_gt or self._masks_dir is None:
+            return None
+        return self._masks_dir / f"{sample_id}.png"
 
     def load_gt(self, sample_id: str) -> torch.Tensor | None:
         if not self._has_gt or self._masks_dir is None:

@@ -8,6 +8,7 @@ written for real VOC work unchanged) with a thin 255 boundary around objects, li
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import io
 import json
 import logging
@@ -26,7 +27,14 @@ from wsss_pl.classes import VOC, voc_palette
 from wsss_pl.data.base import DatasetSource, SegmentationDataset, Stage
 from wsss_pl.data.voc import VOCDataset
 from wsss_pl.errors import DataError
-from wsss_pl.io import write_bytes, write_label
+from wsss_pl.io import (
+    DIR_MODE,
+    TEMP_SUFFIX,
+    orphan_temp_file,
+    temp_prefix,
+    write_bytes,
+    write_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,23 +233,56 @@ def make_synthetic_voc(
             "refusing to overwrite it. Choose another root for the synthetic data."
         )
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=".VOC2012.tmp-"))
+    _remove_orphan_staging(root)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=temp_prefix("VOC2012"), suffix=TEMP_SUFFIX))
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
+        staging.chmod(DIR_MODE)  # mkdtemp makes it private; the dataset is meant to be shared
         _generate(staging, params)
-        if target.exists():  # a synthetic set with other parameters
-            log.info("replacing synthetic dataset %s (parameters changed)", target)
-            shutil.rmtree(target)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            # Another process (e.g. a second DDP rank) finished first: keep its identical copy.
-            if _read_marker(target / MARKER_NAME) != params:
-                raise
+        _publish(staging, target, params)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote synthetic VOC dataset (%d train, %d val) to %s", num_train, num_val, target)
     return root
+
+
+def _publish(staging: Path, target: Path, params: dict[str, Any]) -> None:
+    """Rename the complete ``staging`` set to ``target`` unless another process already put an
+    identical set there (kept as it is: it may be in use); a set with other parameters is renamed
+    aside first, then deleted, so no reader ever sees a half-deleted dataset."""
+    for _attempt in range(10):
+        if _read_marker(target / MARKER_NAME) == params:
+            return  # another process (a second label run, a DDP rank) finished first
+        if target.exists():
+            if not (target / MARKER_NAME).is_file():
+                raise DataError(
+                    f"{target} exists but is not a synthetic dataset made by wsss_pl (no "
+                    f"{MARKER_NAME}); refusing to overwrite it. Choose another root."
+                )
+            log.info("replacing synthetic dataset %s (parameters changed)", target)
+            trash = Path(
+                tempfile.mkdtemp(
+                    dir=target.parent, prefix=temp_prefix("VOC2012"), suffix=TEMP_SUFFIX
+                )
+            )
+            with contextlib.suppress(FileNotFoundError):  # someone else moved it
+                os.replace(target, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+            return
+        except OSError:  # a set appeared meanwhile (ENOTEMPTY / EEXIST): look at it again
+            continue
+    raise DataError(f"could not place the synthetic dataset at {target}: it keeps changing")
+
+
+def _remove_orphan_staging(root: Path) -> None:
+    """Delete staging folders of generators that were killed (dead pid on this host)."""
+    for path in root.glob(f".VOC2012.*{TEMP_SUFFIX}"):
+        try:
+            if path.is_dir() and orphan_temp_file(path.name, 3600, path.stat().st_mtime):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _generate(voc_dir: Path, params: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ from wsss_pl.data.base import (
     Stage,
     check_files_exist,
     configured_split,
+    inside_root,
 )
 from wsss_pl.errors import CorruptFileError, DataError, UnknownClassError
 from wsss_pl.io import read_json, read_label
@@ -185,6 +186,8 @@ class VOCDataset(SegmentationDataset):
         list_path = resolve_split(split, base, self.root)
         context = f"VOC split {split!r} ({list_path})"
         ids = read_id_list(list_path)
+        for sample_id in ids:  # an id is a file stem: "../" would read outside the dataset
+            inside_root(self.image_dir, f"{sample_id}.jpg", "id", context)
         ids = check_files_exist(
             ids, [self.image_path(i) for i in ids], "JPEG image", skip_missing, context
         )
@@ -330,6 +333,9 @@ class VOCDataset(SegmentationDataset):
 
     def image_path(self, sample_id: str) -> Path:
         return self.image_dir / f"{sample_id}.jpg"
+
+    def gt_path(self, sample_id: str) -> Path | None:
+        return None if self._gt_paths is None else self._gt_paths.get(sample_id)
 
     def load_gt(self, sample_id: str) -> torch.Tensor | None:
         if self._gt_paths is None:

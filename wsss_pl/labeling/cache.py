@@ -9,7 +9,11 @@ a leading ".") are percent-encoded, reversibly.
 Writes are atomic (temp file + rename) and ordered: the JSON first, the PNG last, so a PNG on disk
 means the entry is complete. A PNG that still fails to decode (e.g. torn by a crash on a filesystem
 without atomic rename) is moved aside to ``<id>.png.corrupt`` and reported missing, so it is
-recomputed instead of stopping training.
+recomputed instead of stopping training (a cache opened ``read_only`` only reports it missing).
+
+Shared use: files are written with the umask's permissions (a group-writable umask lets a second
+user of the group add labels); a full disk or a read-only cache raises a one-line CacheError naming
+the directory and ``cache_root``; a complete cache on a read-only filesystem is read as usual.
 
 Metadata JSON schema (one object per image, written by the labeler):
 
@@ -34,10 +38,10 @@ Metadata JSON schema (one object per image, written by the labeler):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-import tempfile
 import time
 import urllib.parse
 import warnings
@@ -51,13 +55,22 @@ from pycocotools import mask as mask_utils
 
 import wsss_pl
 from wsss_pl.errors import CacheError, CorruptFileError, DataError
-from wsss_pl.io import read_json, read_label, write_json, write_label
+from wsss_pl.io import (
+    FILE_MODE,
+    make_temp,
+    read_json,
+    read_label,
+    remove_orphan_temp_files,
+    write_json,
+    write_label,
+)
 
 LABEL_FORMAT_VERSION = 1
 """Bump when the meaning of a stored label changes; it is part of the fingerprint."""
 
 MANIFEST_NAME = "manifest.json"
-_TEMP_SUFFIX = ".tmp"  # wsss_pl.io and this module name temp files ".<target>.<random>.tmp"
+# A write that fails for one of these is the disk or the permissions, not the data.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _canonical_json(obj: Any) -> str:
@@ -139,6 +152,8 @@ class PseudoLabelCache:
         settings: everything that changes the labels (model ids, checkpoint hashes, thresholds,
             vocabulary, assist words, merge rule...); JSON-serialisable.
         palette: flat [r, g, b, ...] palette of the PNGs (e.g. ``wsss_pl.classes.voc_palette()``).
+        read_only: never modify the cache (no manifest, no moving torn files aside, no store);
+            for readers such as ``export-labels``.
     """
 
     def __init__(
@@ -147,6 +162,7 @@ class PseudoLabelCache:
         dataset: str,
         settings: Mapping[str, Any],
         palette: Sequence[int],
+        read_only: bool = False,
     ) -> None:
         if not dataset or "/" in dataset or dataset in (".", ".."):
             raise ValueError(f"dataset name {dataset!r} must be a single path component")
@@ -154,6 +170,7 @@ class PseudoLabelCache:
         self.dataset = dataset
         self.settings = _normalised(settings)
         self.palette = list(palette)
+        self.read_only = read_only
         self._opened = False
         # Computed once: path() runs per sample on the loader's hot path.
         payload = _canonical_json(
@@ -163,9 +180,10 @@ class PseudoLabelCache:
 
     @classmethod
     def from_directory(
-        cls, directory: str | Path, palette: Sequence[int] | None = None
+        cls, directory: str | Path, palette: Sequence[int] | None = None, read_only: bool = True
     ) -> PseudoLabelCache:
-        """Open an existing cache directory (``<root>/<dataset>/<fingerprint>``) by its manifest."""
+        """Open an existing cache directory (``<root>/<dataset>/<fingerprint>``) by its manifest;
+        read-only unless asked otherwise."""
         directory = Path(directory)
         manifest_path = directory / MANIFEST_NAME
         if not manifest_path.is_file():
@@ -179,7 +197,11 @@ class PseudoLabelCache:
 
             palette = voc_palette()
         cache = cls(
-            directory.parent.parent, directory.parent.name, manifest.get("settings", {}), palette
+            directory.parent.parent,
+            directory.parent.name,
+            manifest.get("settings", {}),
+            palette,
+            read_only=read_only,
         )
         if cache.directory.resolve() != directory.resolve():
             raise CacheError(
@@ -207,9 +229,16 @@ class PseudoLabelCache:
         """Create the directory and its manifest, or check an existing manifest.
 
         Raises:
-            CacheError: the existing manifest's settings or format version differ from ours.
+            CacheError: the existing manifest's settings or format version differ from ours, or
+                the cache cannot be created (read-only, disk full).
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.read_only or self.manifest_path.is_file():
+            # Complete caches are opened without writing, so they can live on read-only storage.
+            self._check_manifest()
+            self._opened = True
+            return
+        with self._storage_errors("create"):
+            self.directory.mkdir(parents=True, exist_ok=True)
         manifest = {
             "settings": self.settings,
             "fingerprint": self.fingerprint,
@@ -218,7 +247,8 @@ class PseudoLabelCache:
             "wsss_pl_version": wsss_pl.__version__,
         }
         if not self.manifest_path.exists():
-            self._publish_manifest(manifest)
+            with self._storage_errors("create"):
+                self._publish_manifest(manifest)
         self._check_manifest()
         self._opened = True
 
@@ -229,14 +259,13 @@ class PseudoLabelCache:
         wins, the others then compare); filesystems without hard links fall back to os.replace,
         which is also fine because every writer's settings are then checked to be equal.
         """
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self.directory, prefix=f".{MANIFEST_NAME}.", suffix=_TEMP_SUFFIX
-        )
+        fd, tmp_name = make_temp(self.directory, MANIFEST_NAME)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
                 handle.flush()
                 os.fsync(handle.fileno())
+            os.chmod(tmp_name, FILE_MODE)  # mkstemp's 0600 would lock out the group's other users
             try:
                 os.link(tmp_name, self.manifest_path)
             except FileExistsError:
@@ -246,9 +275,38 @@ class PseudoLabelCache:
         finally:
             Path(tmp_name).unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _storage_errors(self, action: str) -> Any:
+        """Turn a full disk or a read-only / foreign-owned cache into a one-line CacheError."""
+        try:
+            yield
+        except OSError as error:
+            if error.errno not in _STORAGE_ERRNOS:
+                raise
+            reason = error.strerror or os.strerror(error.errno or 0)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                advice = (
+                    "free space there, or set cache_root (data.train_labels.init_args.cache_root)"
+                )
+            elif action == "read":
+                advice = (
+                    "give this user read access (e.g. chmod -R g+rX), or set cache_root "
+                    "(data.train_labels.init_args.cache_root)"
+                )
+            else:
+                advice = (
+                    "make it writable for this user, or set cache_root "
+                    "(data.train_labels.init_args.cache_root)"
+                )
+            raise CacheError(
+                f"cannot {action} the pseudo-label cache {self.directory} ({reason}): {advice} "
+                "to a writable directory with free space"
+            ) from None
+
     def _check_manifest(self) -> None:
         try:
-            found = read_json(self.manifest_path)
+            with self._storage_errors("read"):
+                found = read_json(self.manifest_path)
         except CorruptFileError as error:
             raise CacheError(
                 f"pseudo-label cache manifest {self.manifest_path} is unreadable ({error}); "
@@ -288,11 +346,14 @@ class PseudoLabelCache:
         except CorruptFileError as error:
             if not path.is_file():  # another rank moved it aside meanwhile
                 return None
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(path, path.with_name(path.name + ".corrupt"))
+            moved = False
+            if not self.read_only:
+                with contextlib.suppress(OSError):  # gone already, or read-only storage
+                    os.replace(path, path.with_name(path.name + ".corrupt"))
+                    moved = True
+            where = f"moved aside to {path.name}.corrupt" if moved else "left in place"
             warnings.warn(
-                f"corrupt cached pseudo-label {path} moved aside to {path.name}.corrupt; it will "
-                f"be recomputed ({error})",
+                f"corrupt cached pseudo-label {path} {where}; it counts as missing ({error})",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -324,10 +385,13 @@ class PseudoLabelCache:
                 f"metadata of {sample_id!r} says height, width = {size} but the label is "
                 f"{tuple(label.shape)}"
             )
+        if self.read_only:
+            raise CacheError(f"pseudo-label cache {self.directory} was opened read-only")
         if not self._opened:
             self.open()
-        write_json(self.metadata_path(sample_id), dict(metadata))
-        write_label(self.path(sample_id), label, self.palette)
+        with self._storage_errors("write to"):
+            write_json(self.metadata_path(sample_id), dict(metadata))
+            write_label(self.path(sample_id), label, self.palette)
 
     def ids(self) -> list[str]:
         """Sorted ids of complete entries."""
@@ -345,19 +409,15 @@ class PseudoLabelCache:
         return len(self.ids())
 
     def remove_stale_temp_files(self, older_than_s: float = 3600) -> int:
-        """Delete temp files of killed writers older than ``older_than_s``; returns how many."""
-        if not self.directory.is_dir():
+        """Delete the temp files of killed writers; returns how many.
+
+        A temp file names its writer's host and pid: one of a dead process of this host goes at
+        once, one of a live process stays, one of another host (or an old-style name) goes when
+        older than ``older_than_s``. A read-only cache is left untouched.
+        """
+        if self.read_only:
             return 0
-        deadline = time.time() - older_than_s
-        removed = 0
-        for path in self.directory.glob(f".*{_TEMP_SUFFIX}"):
-            try:
-                if path.stat().st_mtime < deadline:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:  # another rank cleaned it up first
-                continue
-        return removed
+        return remove_orphan_temp_files(self.directory, older_than_s)
 
     def __repr__(self) -> str:
         return f"PseudoLabelCache({str(self.directory)!r})"

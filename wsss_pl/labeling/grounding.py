@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from wsss_pl.labeling.prompt import (
 )
 from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule, detector_input_size
 from wsss_pl.labeling.tokenizer import bert_tokenizer
-from wsss_pl.weights import resolve_hub_model
+from wsss_pl.weights import resolve_hub_model, unsafe_pickle_error
 
 
 @dataclass
@@ -135,6 +136,8 @@ class GroundingDetector(nn.Module):
                 f"cannot load Grounding DINO from {model_dir!r}: {error}. Pass a local directory "
                 "with config.json and model.safetensors, or download the model into the HF cache"
             ) from error
+        except pickle.UnpicklingError as error:  # weights_only=True refused it: nothing ran
+            raise unsafe_pickle_error(Path(model_dir) / "pytorch_model.bin", error) from None
         tokenizer = bert_tokenizer(model_dir if Path(model_dir).is_dir() else None)
         return cls(model, tokenizer, **kwargs)
 

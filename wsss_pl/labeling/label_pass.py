@@ -192,11 +192,15 @@ def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
     trainer.predict(module, datamodule=data_for_pass, return_predictions=False)
     seconds = time.perf_counter() - start
     assert labels.cache is not None
-    write_json(
-        labels.cache.directory / "label_pass" / f"rank{trainer.global_rank}.json",
-        {"labelled": module.labelled_ids, "cached": module.num_cached, "seconds": round(seconds, 3),
-         "missing_classes": dict(labels.missing_counts), "unmatched_boxes": labels.num_unmatched_boxes},
-    )  # fmt: skip
+    report = labels.cache.directory / "label_pass" / f"rank{trainer.global_rank}.json"
+    try:
+        write_json(
+            report,
+            {"labelled": module.labelled_ids, "cached": module.num_cached, "seconds": round(seconds, 3),
+             "missing_classes": dict(labels.missing_counts), "unmatched_boxes": labels.num_unmatched_boxes},
+        )  # fmt: skip
+    except OSError as error:  # e.g. a complete cache on read-only storage: the labels are fine
+        log.warning("label-pass report %s not written (%s); skipped", report, error.strerror)
     _report(trainer, data, module, seconds)
     return 0
 
