@@ -48,12 +48,19 @@ def test_main_configs_run_the_paper(name: str) -> None:
     assert args["merge_policy"] == "paper" and args["conflict"] == "keep"
     assert args["missing_class_policy"] == "leave"
     assert args["precision"] == "32"
+    assert args["preset"] == "paper" and args["batch_invariant"] is True
     net = config["model"]["net"]["init_args"]
     assert config["model"]["net"]["class_path"] == "wsss_pl.models.deeplab_v2.DeepLabV2"
     assert (net["backbone"], net["output_stride"], net["atrous_rates"]) == (
         "resnet101", 8, [6, 12, 18, 24],
     )  # fmt: skip
     assert net["freeze_bn"] is True
+    # VOC starts from DeepLab-v2's COCO-pretrained Caffe model, COCO from ImageNet.
+    assert net["pretrained"] == ("deeplabv2_coco_init" if name == "voc" else "resnet101_imagenet")
+    model = config["model"]
+    assert model["msc_scales"] == [1.0, 0.75, 0.5]  # DeepLab-v2's MSC training
+    assert model["test_scales"] == [1.0, 0.75, 0.5] and model["test_flip"] is True
+    assert model["test_crf"] is (name == "voc")
     trainer = config["trainer"]
     assert trainer["max_steps"] == (20000 if name == "voc" else 100000)
     assert config["data"]["batch_size"] == 10 and config["data"]["crop_size"] == 321
