@@ -41,7 +41,9 @@ def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     """The error line of a failed CLI run; asserts exit code 2 and no traceback."""
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-4000:]
     assert "Traceback" not in result.stderr and "Caught" not in result.stderr, result.stderr[-4000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("wsss_pl: error:")]
+    # A progress bar may share the line (tqdm ends without a newline).
+    marker = "wsss_pl: error:"
+    lines = [line[line.index(marker) :] for line in result.stderr.splitlines() if marker in line]
     assert len(lines) == 1, result.stderr[-3000:]
     return lines[0]
 
