@@ -34,12 +34,14 @@ class Detections:
     """The boxes found in one image, in the detector's query order (caption chunk by chunk).
 
     Attributes:
-        boxes: float32 [N, 4], xyxy in pixels of the original image, clipped to it.
         scores: float32 [N], the box's highest token score (sigmoid), as Grounding DINO ranks boxes.
         labels: long [N], class ids in 1..C, only among the classes prompted for.
+        boxes: float32 [N, 4], xyxy in pixels of the original image (clipped to it only with
+            ``clip_boxes``).
         phrases: the caption phrase each box was matched to (a class or assist-word phrase).
-        num_unmatched: boxes above the box threshold whose tokens matched no prompted class
-            (no token above the text threshold, or only on separators); they are not in ``boxes``.
+        num_unmatched: boxes above the box threshold that matched no class (``argmax_word``: the
+            arg-max token is a separator/special token or its word is no class or assist word;
+            ``best_class_token``: no class token above the text threshold); not in ``boxes``.
     """
 
     boxes: Tensor
