@@ -144,7 +144,9 @@ def test_label_pass_on_voc_xml_boxes(tmp_path: Path, capsys: pytest.CaptureFixtu
     data = WSSSDataModule(source, labels, batch_size=2, num_workers=0, pin_memory=False)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     assert run_label_pass(trainer, data) == 0
-    assert "pseudo-label quality" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pseudo-label quality" in printed
+    assert "top confusions" in printed and "worst images (rank 0)" in printed  # the diagnosis
     assert labels.cache is not None and len(labels.cache) == 5
     settings = json.loads((labels.cache.directory / "manifest.json").read_text())["settings"]
     assert settings["prompt"] == "boxes" and settings["boxes"].startswith("voc:")

@@ -334,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count ground-truth ids without a prediction as all background (default: leave out)",
     )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also per-class recall/precision, top confusions and worst images (wsss_pl.diagnosis)",
+    )
     return parser
 
 
@@ -362,10 +367,21 @@ def main(argv: list[str] | None = None) -> int:
             "--missing-as-background counts them",
             file=sys.stderr,
         )
+    diagnosis = None
+    if args.diagnose:
+        from wsss_pl import diagnosis as diag
+
+        diagnosis = diag.diagnose_label_dirs(args.pred, args.gt, names, workers=args.workers)
+        diag.log_wandb(diagnosis)  # only when a W&B run is active
     if args.format == "json":
-        print(json.dumps(to_json(result, names), indent=1))
+        report = to_json(result, names)
+        if diagnosis is not None:
+            report["diagnosis"] = diag.diagnosis_to_json(diagnosis)
+        print(json.dumps(report, indent=1))
     else:
         print(format_table(result, names))
+        if diagnosis is not None:
+            print(diag.format_diagnosis(diagnosis))
     return 0
 
 

@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.label_sources import LabeledDataset
+from wsss_pl.diagnosis import ImageErrors, format_diagnosis, from_totals, log_wandb
 from wsss_pl.errors import DataError
 from wsss_pl.evaluation import LabelEvaluation, format_table
 from wsss_pl.io import write_json
@@ -119,6 +121,7 @@ class LabelingModule(pl.LightningModule):
         super().__init__()
         self.labels = labels
         self.quality = ConfusionMatrix(num_classes, IGNORE_INDEX)
+        self.image_errors = ImageErrors(num_classes)  # worst images per class (this rank's)
         self.labelled_ids: list[str] = []
         self.num_cached = 0
         self.scores: dict[str, torch.Tensor] | None = None
@@ -136,6 +139,7 @@ class LabelingModule(pl.LightningModule):
             self.labelled_ids.extend(todo)
         if bool(batch["has_gt"].any()):
             self.quality.update(batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]])
+            self.image_errors.update_batch(batch)
 
     def on_predict_epoch_end(self) -> None:
         self.scores = self.quality.compute()  # sums the confusion matrices of all ranks
@@ -232,6 +236,12 @@ def _report(
     )
     print("pseudo-label quality against ground truth:")
     print(format_table(result, data.class_names))
+    names = ["background", *data.class_names]
+    errors, num_images = module.image_errors, result.num_images
+    diagnosis = from_totals(result.confusion, result.pred_ignored, names, errors, num_images)
+    print(format_diagnosis(diagnosis).replace("worst images", "worst images (rank 0)"))
+    if isinstance(trainer.logger, WandbLogger):
+        log_wandb(diagnosis, trainer.logger.experiment, prefix="label_pass/diagnosis")
     if trainer.logger is not None:
         values = {"label_pass/mIoU": float(scores["miou"])}
         names = ["background", *data.class_names]

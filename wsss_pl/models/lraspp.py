@@ -1,6 +1,7 @@
 """LR-ASPP MobileNetV3-Large (Howard et al. 2019): a light segmenter for deployment.
 
-torchvision's model (3.2 M parameters against 42.6 M for DeepLab-v2 R101), wrapped to the interface ``SegmentationModule`` expects of a net: float normalised
+torchvision's model (3.2 M parameters and 4.2 GFLOP at 513x513, against 44.0 M and 379 GFLOP for
+DeepLab-v2 R101 OS8, counted with torch.utils.flop_counter), wrapped to the interface ``SegmentationModule`` expects of a net: float normalised
 images [B, 3, H, W] in, logits out (here already at the input size), ``num_classes`` and
 ``param_groups(lr, weight_decay)``.
 """
