@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.labeling.cache import encode_rle
+from wsss_pl.labeling.exclusion import ExclusionFill, erase, split_exclusions
 from wsss_pl.labeling.grounding import Detections, GroundingDetector
 from wsss_pl.labeling.merge import (
     ConflictPolicy,
@@ -55,6 +57,9 @@ class PseudoLabeler(nn.Module):
             again at ``retry_box_threshold`` (``retry``), or makes the image's background
             pixels 255 (``ignore_background``), since the missed object hides in them.
         retry_box_threshold: box threshold of the retry.
+        exclusion_words: per class, caption phrases whose masks are removed from that class
+            (``wsss_pl.labeling.exclusion``; the vocabulary must already contain them).
+        exclusion_fill: what removed pixels become: ``background`` or ``ignore`` (255).
     """
 
     def __init__(
@@ -66,6 +71,8 @@ class PseudoLabeler(nn.Module):
         conflict: ConflictPolicy = "keep",
         missing_class_policy: MissingClassPolicy = "leave",
         retry_box_threshold: float = 0.2,
+        exclusion_words: Mapping[str, Sequence[str]] | None = None,
+        exclusion_fill: ExclusionFill = "background",
     ) -> None:
         super().__init__()
         self.detector = detector
@@ -75,6 +82,10 @@ class PseudoLabeler(nn.Module):
         self.conflict: ConflictPolicy = conflict
         self.missing_class_policy = missing_class_policy
         self.retry_box_threshold = retry_box_threshold
+        self.exclusions = {
+            vocabulary.label_id(k): frozenset(v) for k, v in (exclusion_words or {}).items()
+        }
+        self.exclusion_fill: ExclusionFill = exclusion_fill
 
     @torch.no_grad()
     def forward(self, images: list[Tensor], present: list[list[str]]) -> list[LabelResult]:
@@ -134,7 +145,9 @@ class PseudoLabeler(nn.Module):
         self, image: Tensor, names: list[str], found: Detections, masks: Tensor
     ) -> LabelResult:
         height, width = image.shape[-2:]
+        found, masks, removed = split_exclusions(found, masks, self.exclusions)
         label = merge_instances(masks, found.labels, found.scores, self.merge_policy, self.conflict)
+        label = erase(label, removed, self.exclusion_fill)  # exclusion masks leave their class
         missing = self._missing(names, found)
         if missing and self.missing_class_policy == "ignore_background":
             label = mark_missing_classes(
@@ -159,6 +172,7 @@ class PseudoLabeler(nn.Module):
             "classes": list(names),
             "instances": instances,
             "missing_classes": missing,
+            "excluded_instances": removed.records,
             "num_unmatched_boxes": int(found.num_unmatched),
         }
         return LabelResult(label.to(torch.uint8), metadata, missing, int(found.num_unmatched))

@@ -22,6 +22,7 @@ from wsss_pl.data.base import DatasetSource, Sample
 from wsss_pl.data.label_sources import LabelSource, TargetLoader
 from wsss_pl.errors import CacheError
 from wsss_pl.labeling.cache import PseudoLabelCache
+from wsss_pl.labeling.exclusion import with_exclusion_phrases
 from wsss_pl.labeling.labeler import MissingClassPolicy, PseudoLabeler
 from wsss_pl.labeling.merge import ConflictPolicy, MergePolicy
 from wsss_pl.labeling.rules import (
@@ -106,6 +107,9 @@ class OnlinePseudoLabels(LabelSource):
         box_threshold, text_threshold: Grounding DINO thresholds (paper: 0.3 / 0.25).
         merge_policy, conflict, missing_class_policy, retry_box_threshold: see ``PseudoLabeler``.
         prompt_names, assist_words: per-class overrides of the dataset vocabulary's prompts.
+        exclusion_words: per class, phrases that are detected but whose masks are removed from
+            the class (the complement of assist words), e.g. ``{diningtable: [plate, glass]}``.
+        exclusion_fill: removed pixels become ``background`` or ``ignore`` (255).
         detector_image_size: shorter side of the detector input (800 as Grounding DINO).
         detector_pad_to_canvas: pad every image to a fixed canvas (by orientation) instead of
             running it at its own size; costs compute on the padding.
@@ -140,6 +144,8 @@ class OnlinePseudoLabels(LabelSource):
         sam_encoder_batch_size: int = 4,
         precision: Literal["32", "bf16"] = "32",
         download: bool = True,
+        exclusion_words: dict[str, list[str]] | None = None,
+        exclusion_fill: Literal["background", "ignore"] = "background",
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -167,6 +173,8 @@ class OnlinePseudoLabels(LabelSource):
         self.sam_encoder_batch_size = sam_encoder_batch_size
         self.precision = precision
         self.download = download
+        self.exclusion_words = exclusion_words
+        self.exclusion_fill: Literal["background", "ignore"] = exclusion_fill
         self.cache: PseudoLabelCache | None = None
         self.vocabulary: ClassVocabulary | None = None
         self._labeler: PseudoLabeler | None = None
@@ -184,7 +192,8 @@ class OnlinePseudoLabels(LabelSource):
             **base.assist_words,
             **{k: tuple(v) for k, v in (self.assist_words or {}).items()},
         }
-        return dataclasses.replace(base, prompt_names=prompt_names, assist_words=assist)
+        vocabulary = dataclasses.replace(base, prompt_names=prompt_names, assist_words=assist)
+        return with_exclusion_phrases(vocabulary, self.exclusion_words)
 
     def _detector_weights(self) -> dict[str, Any]:
         if self.detector_name == TINY:
@@ -239,13 +248,20 @@ class OnlinePseudoLabels(LabelSource):
             else None,
         }
 
+    def _exclusion_settings(self) -> dict[str, Any]:
+        """Fingerprint entries of the exclusion phrases; none without them (old caches stay valid)."""
+        if not self.exclusion_words:
+            return {}
+        words = {k: list(v) for k, v in self.exclusion_words.items()}
+        return {"exclusion_words": words, "exclusion_fill": self.exclusion_fill}
+
     def _open_cache(self, source: DatasetSource) -> PseudoLabelCache:
         if self.cache is None:
             self.vocabulary = self._vocabulary(source)
             cache = PseudoLabelCache(
                 self.cache_root,
                 source.name,
-                self.settings(self.vocabulary),
+                {**self.settings(self.vocabulary), **self._exclusion_settings()},
                 self.vocabulary.palette(),
             )
             cache.open()
@@ -315,6 +331,8 @@ class OnlinePseudoLabels(LabelSource):
             conflict=self.conflict,
             missing_class_policy=self.missing_class_policy,
             retry_box_threshold=self.retry_box_threshold,
+            exclusion_words=self.exclusion_words,
+            exclusion_fill=self.exclusion_fill,
         )
 
     def detector_input_size(self, height: int, width: int) -> tuple[int, int]:
