@@ -45,6 +45,7 @@ from wsss_pl.labeling.merge import (
     merge_instances,
 )
 from wsss_pl.labeling.online import TINY, OnlinePseudoLabels
+from wsss_pl.labeling.segmenters import SegmenterSpec
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +370,10 @@ class BoxPromptLabels(OnlinePseudoLabels):
             (formats in the module docstring).
         include_difficult: VOC objects marked ``difficult`` are prompted too.
         crowd: crowd boxes -> 255 over the whole box (``box``) or over SAM's mask (``mask``).
-        sam_type, sam_checkpoint, sam_encoder_batch_size, precision, download: as
-            ``OnlinePseudoLabels``.
+        sam_type, sam_checkpoint, sam_encoder_batch_size, precision, download, segmenter: as
+            ``OnlinePseudoLabels`` (``segmenter`` picks HQ-SAM etc. instead of SAM).
+        image_resize: SAM input resize, ``pil`` (as ``SamPredictor.set_image``) or ``tensor``.
+        batch_invariant: encode every image alone (labels independent of the batch).
         merge_policy, conflict: as ``merge_instances`` (``score`` = SAM's predicted IoU).
         missing_class_policy: ``leave`` or ``ignore_background`` for an image-level class
             without a box.
@@ -390,6 +393,9 @@ class BoxPromptLabels(OnlinePseudoLabels):
         sam_encoder_batch_size: int = 4,
         precision: Literal["32", "bf16"] = "32",
         download: bool = True,
+        segmenter: SegmenterSpec | None = None,
+        image_resize: Literal["pil", "tensor"] = "pil",
+        batch_invariant: bool = True,
     ) -> None:
         if missing_class_policy not in ("leave", "ignore_background"):
             raise ValueError(
@@ -409,6 +415,9 @@ class BoxPromptLabels(OnlinePseudoLabels):
             sam_encoder_batch_size=sam_encoder_batch_size,
             precision=precision,
             download=download,
+            segmenter=segmenter,
+            image_resize=image_resize,
+            batch_invariant=batch_invariant,
         )
         self.box_file = box_file
         self.include_difficult = include_difficult
@@ -501,6 +510,8 @@ class BoxPromptLabels(OnlinePseudoLabels):
             "crowd": self.crowd,
             "sam": {k: v for k, v in sam.items() if k != "path"},
             "precision": self.precision,
+            "image_resize": self.image_resize,
+            "batch_invariant": self.batch_invariant,
             "classes": list(vocabulary.class_names),
             "merge_policy": self.merge_policy,
             "conflict": self.conflict,
@@ -519,13 +530,17 @@ class BoxPromptLabels(OnlinePseudoLabels):
         from wsss_pl.labeling.sam import SamSegmenter
         from wsss_pl.labeling.tiny import tiny_segmenter
 
-        if self.sam_checkpoint == TINY:
-            segmenter = tiny_segmenter(encoder_batch_size=self.sam_encoder_batch_size)
+        options = {
+            "encoder_batch_size": 1 if self.batch_invariant else self.sam_encoder_batch_size,
+            "image_resize": self.image_resize,
+        }
+        if self.segmenter is not None:
+            segmenter = self.segmenter.build(**options)
+        elif self.sam_checkpoint == TINY:
+            segmenter = tiny_segmenter(**options)
         else:
             segmenter = SamSegmenter.from_checkpoint(
-                self.sam_type,
-                self._sam_weights()["path"],
-                encoder_batch_size=self.sam_encoder_batch_size,
+                self.sam_type, self._sam_weights()["path"], **options
             )
         assert self.vocabulary is not None
         return BoxLabeler(

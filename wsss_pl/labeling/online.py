@@ -33,6 +33,7 @@ from wsss_pl.labeling.rules import (
     Preset,
     detector_input_size,
 )
+from wsss_pl.labeling.segmenters import SegmenterSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ class OnlinePseudoLabels(LabelSource):
         exclusion_words: per class, phrases that are detected but whose masks are removed from
             the class (the complement of assist words), e.g. ``{diningtable: [plate, glass]}``.
         exclusion_fill: removed pixels become ``background`` or ``ignore`` (255).
+        segmenter: another box -> mask model (``wsss_pl.labeling.segmenters``: ``HQSamSpec``...);
+            None uses ``sam_type`` / ``sam_checkpoint`` (segment-anything SAM).
         detector_image_size: shorter side of the detector input (800 as Grounding DINO).
         detector_pad_to_canvas: pad every image to a fixed canvas (by orientation) instead of
             running it at its own size; costs compute on the padding.
@@ -146,6 +149,7 @@ class OnlinePseudoLabels(LabelSource):
         download: bool = True,
         exclusion_words: dict[str, list[str]] | None = None,
         exclusion_fill: Literal["background", "ignore"] = "background",
+        segmenter: SegmenterSpec | None = None,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -175,6 +179,7 @@ class OnlinePseudoLabels(LabelSource):
         self.download = download
         self.exclusion_words = exclusion_words
         self.exclusion_fill: Literal["background", "ignore"] = exclusion_fill
+        self.segmenter = segmenter
         self.cache: PseudoLabelCache | None = None
         self.vocabulary: ClassVocabulary | None = None
         self._labeler: PseudoLabeler | None = None
@@ -213,6 +218,8 @@ class OnlinePseudoLabels(LabelSource):
         }
 
     def _sam_weights(self) -> dict[str, Any]:
+        if self.segmenter is not None:
+            return self.segmenter.settings()
         if self.sam_checkpoint == TINY:
             return {"type": TINY, "seed": 0}
         from wsss_pl.weights import checkpoint_fingerprint, resolve_checkpoint
@@ -316,7 +323,9 @@ class OnlinePseudoLabels(LabelSource):
             "encoder_batch_size": 1 if self.batch_invariant else self.sam_encoder_batch_size,
             "image_resize": self.image_resize,
         }
-        if self.sam_checkpoint == TINY:
+        if self.segmenter is not None:
+            segmenter = self.segmenter.build(**sam_options)
+        elif self.sam_checkpoint == TINY:
             segmenter = tiny_segmenter(**sam_options)
         else:
             segmenter = SamSegmenter.from_checkpoint(
