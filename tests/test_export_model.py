@@ -110,8 +110,12 @@ def test_onnx_class_map_output_and_inferred_net(
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from wsss_pl.cli import main as cli_main
+
     assert main(["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
+    assert cli_main(["export-model", "--ckpt", str(tmp_path / "other.ckpt")]) == 2  # the CLI hook
+    assert "other.ckpt" in capsys.readouterr().err
 
 
 def test_light_segmenter_trains_loads_imagenet_and_exports(tmp_path: Path) -> None:

@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from wsss_pl.evaluation import main as evaluate_labels_main
 
             return evaluate_labels_main(argv[1:])
+        if command == "export-model":  # beyond (issue 9): deployable ONNX / TorchScript
+            from wsss_pl.export_model import main as export_model_main
+
+            return export_model_main(argv[1:])
         if command == "export-labels":
             from wsss_pl.labeling.export import main as export_labels_main
 

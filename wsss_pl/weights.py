@@ -124,6 +124,13 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             sha256_prefix="0676ba61",
             description="torchvision ResNet-50 ImageNet-1k V1",
         ),
+        Checkpoint(  # torchvision 0.29 MobileNet_V3_Large_Weights.IMAGENET1K_V1 (LR-ASPP backbone)
+            name="mobilenet_v3_large_imagenet",
+            url=_TORCHVISION + "mobilenet_v3_large-8738ca79.pth",
+            filename="mobilenet_v3_large-8738ca79.pth",
+            sha256_prefix="8738ca79",
+            description="torchvision MobileNetV3-Large ImageNet-1k V1 (light segmenter backbone)",
+        ),
         # DeepLab-v2's COCO-trained ResNet-101 (the paper's VOC init), the init.caffemodel of
         # the release zip (URL: DeepLab-v2 project page and kazuto1011/deeplab-pytorch
         # scripts/setup_caffemodels.sh). Loaded as a caffemodel (wsss_pl.models.caffe).
