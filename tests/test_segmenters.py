@@ -86,3 +86,34 @@ def test_online_labels_with_a_pluggable_segmenter(tmp_path: Path) -> None:
     from wsss_pl.labeling.segmenters import HQSamSegmenter
 
     assert isinstance(labels._labeler.segmenter, HQSamSegmenter)  # type: ignore[union-attr]
+
+
+def test_sam2_matches_transformers_reference(image: torch.Tensor) -> None:
+    """Sam2Segmenter (device preprocessing, batched encoder, all boxes per decoder call) gives the
+    masks of the documented transformers call: processor(images, input_boxes) -> Sam2Model ->
+    post_process_masks."""
+    from wsss_pl.labeling.segmenters import Sam2Spec
+
+    segmenter = Sam2Spec(model="tiny").build(encoder_batch_size=1)
+    processor = segmenter.processor
+    inputs = processor(images=image, input_boxes=[BOXES.tolist()], return_tensors="pt")
+    with torch.no_grad():
+        out = segmenter.model(**inputs, multimask_output=False)
+    expected = processor.post_process_masks(out.pred_masks, inputs["original_sizes"])[0][:, 0]
+    (masks, scores), (empty, _) = segmenter([image, image], [BOXES, torch.zeros(0, 4)])
+    assert masks.shape == (3, 240, 320) and empty.shape == (0, 240, 320)
+    assert torch.equal(masks, expected.bool())
+    assert torch.allclose(scores, out.iou_scores[0, :, 0], atol=1e-5)
+    assert 0 < int(masks.sum()) < masks.numel()
+    # A batched encoder gives the same masks up to the last bits of batched matrix products.
+    other = torch.flip(image, dims=[2])
+    batched = Sam2Spec(model="tiny").build(encoder_batch_size=2)([image, other], [BOXES, BOXES])
+    assert (batched[0][0] != masks).float().mean() < 1e-3
+
+
+def test_sam2_offline_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsss_pl.labeling.segmenters import Sam2Spec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="sam2.1-hiera-large"):
+        Sam2Spec(model="facebook/sam2.1-hiera-large").settings()

@@ -231,3 +231,162 @@ class HQSamSpec(SegmenterSpec):
                 f"{len(result.missing_keys)} keys such as {result.missing_keys[:3]}"
             )
         return HQSamSegmenter(sam, encoder_batch_size, image_resize)
+
+
+# --- SAM 2.1 (transformers) -------------------------------------------------------------------
+SAM2_IMAGE_SIZE = 1024
+
+
+class Sam2Segmenter(nn.Module):
+    """Frozen transformers ``Sam2Model`` turning xyxy pixel boxes into one mask each.
+
+    The image processor (``Sam2Processor``'s: resize to 1024x1024, normalise) runs on the
+    segmenter's device; the image encoder on ``encoder_batch_size`` images at a time; then one
+    prompt-encoder + mask-decoder call per image with all of its boxes (``multimask_output=False``)
+    and the processor's ``post_process_masks`` (upsample to the image, threshold).
+    """
+
+    def __init__(self, model: nn.Module, processor: Any, encoder_batch_size: int = 4) -> None:
+        super().__init__()
+        if encoder_batch_size < 1:
+            raise ValueError(f"encoder_batch_size must be >= 1, got {encoder_batch_size}")
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.encoder_batch_size = encoder_batch_size
+
+    def train(self, mode: bool = True) -> Sam2Segmenter:
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, images: list[Tensor], boxes: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Same contract as ``SamSegmenter.forward``."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box tensors")
+        results: list[tuple[Tensor, Tensor]] = [
+            (
+                torch.zeros(0, *image.shape[-2:], dtype=torch.bool, device=self.device),
+                torch.zeros(0, device=self.device),
+            )
+            for image in images
+        ]
+        todo = [i for i, b in enumerate(boxes) if b.numel() > 0]
+        dtype = next(self.model.parameters()).dtype
+        for start in range(0, len(todo), self.encoder_batch_size):
+            batch = todo[start : start + self.encoder_batch_size]
+            pixels = self.processor.image_processor(
+                images=[images[i].to(self.device) for i in batch], return_tensors="pt"
+            )["pixel_values"].to(self.device, dtype)
+            embeddings = self.model.get_image_embeddings(pixels)
+            for k, i in enumerate(batch):
+                results[i] = self._decode([e[k : k + 1] for e in embeddings], boxes[i], images[i])
+        return results
+
+    def _decode(
+        self, embeddings: list[Tensor], boxes: Tensor, image: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        scale = torch.tensor(
+            [SAM2_IMAGE_SIZE / width, SAM2_IMAGE_SIZE / height] * 2, device=self.device
+        )
+        prompt = (boxes.to(self.device, torch.float32) * scale)[None]  # [1, N, 4] at 1024x1024
+        out = self.model(image_embeddings=embeddings, input_boxes=prompt, multimask_output=False)
+        masks = self.processor.post_process_masks(out.pred_masks, [[height, width]])[0][:, 0]
+        return masks.to(self.device, torch.bool), out.iou_scores[0, :, 0].float()
+
+
+def tiny_sam2(seed: int = 0) -> nn.Module:
+    """A random ~0.3 M-parameter SAM 2 (4-stage Hiera of width 16, 1-layer decoder of width 32)."""
+    from transformers import Sam2Config, Sam2Model
+    from transformers.models.sam2.configuration_sam2 import (
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    hiera = Sam2HieraDetConfig(
+        hidden_size=16, num_attention_heads=1, blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[8, 4, 14, 7], global_attention_blocks=[3],
+    )  # fmt: skip
+    config = Sam2Config(
+        vision_config=Sam2VisionConfig(
+            backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32
+        ),
+        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, mask_input_channels=4),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
+            iou_head_hidden_dim=32,
+        ),
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Sam2Model(config).eval()
+
+
+def sam2_processor(directory: str | None = None) -> Any:
+    """The model directory's ``Sam2Processor``, or the default one (1024 px, ImageNet stats)."""
+    from transformers import Sam2ImageProcessor, Sam2Processor
+
+    if directory is not None and (Path(directory) / "preprocessor_config.json").is_file():
+        return Sam2Processor.from_pretrained(directory)
+    return Sam2Processor(image_processor=Sam2ImageProcessor())
+
+
+class Sam2Spec(SegmenterSpec):
+    """SAM 2.1 image predictor from transformers (``Sam2Model``).
+
+    Args:
+        model: a hub id (``facebook/sam2.1-hiera-large``, ``...-base-plus``, ``-small``,
+            ``-tiny``), a local directory with ``config.json`` and weights, or ``tiny``.
+        download: fetch a hub model when missing (offline: a WeightsError saying what to get).
+    """
+
+    def __init__(self, model: str = "facebook/sam2.1-hiera-large", download: bool = True) -> None:
+        self.model = model
+        self.download = download
+
+    def _directory(self) -> str:
+        from wsss_pl.weights import resolve_hub_model
+
+        return resolve_hub_model(self.model, download=self.download)
+
+    def settings(self) -> dict[str, Any]:
+        if self.model == TINY:
+            return {"type": "sam2_tiny", "seed": 0}
+        import hashlib
+
+        from wsss_pl.weights import checkpoint_fingerprint
+
+        directory = Path(self._directory())
+        weights = next(
+            (
+                directory / f
+                for f in ("model.safetensors", "pytorch_model.bin")
+                if (directory / f).is_file()
+            ),
+            None,
+        )
+        if weights is None:
+            raise WeightsError(f"SAM 2 directory {directory} has no model.safetensors")
+        config = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+        return {"type": "sam2", "sha256": checkpoint_fingerprint(weights), "config_sha256": config}
+
+    def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
+        """``image_resize`` is not used: SAM 2 always uses its processor's resize."""
+        if self.model == TINY:
+            return Sam2Segmenter(tiny_sam2(), sam2_processor(), encoder_batch_size)
+        from transformers import Sam2Model
+
+        directory = self._directory()
+        return Sam2Segmenter(
+            Sam2Model.from_pretrained(directory), sam2_processor(directory), encoder_batch_size
+        )
