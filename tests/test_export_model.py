@@ -156,3 +156,29 @@ def test_light_segmenter_trains_loads_imagenet_and_exports(tmp_path: Path) -> No
     with torch.no_grad():
         expected = model(image).numpy()
     assert logits.shape == (1, 21, 75, 103) and np.abs(logits - expected).max() < 1e-3
+
+
+def test_caffe_conventions_travel_into_the_export(tmp_path: Path) -> None:
+    """A Caffe-style DeepLab-v2 (BGR 0..255 minus the Caffe mean inside forward) is rebuilt from
+    its weights and exported with the same outputs."""
+    import onnxruntime as ort
+
+    from wsss_pl.export_model import export
+
+    torch.manual_seed(0)
+    net = DeepLabV2(num_classes=5, backbone="resnet50", backbone_style="caffe",
+                    input_convention="caffe_bgr", freeze_bn=False).eval()  # fmt: skip
+    ckpt = tmp_path / "caffe.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+    rebuilt, _ = load_net(ckpt)  # no config: inferred, conventions from the buffers
+    assert int(rebuilt.caffe_backbone) == 1 and int(rebuilt.caffe_input) == 1
+    path = export(DeployableSegmenter(rebuilt), tmp_path / "caffe.onnx", "onnx")
+    image = torch.randint(0, 256, (1, 3, 65, 81), dtype=torch.uint8)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image.numpy()}
+    )
+    with torch.no_grad():
+        expected = DeployableSegmenter(net)(image).numpy()
+    scale = max(float(np.abs(expected).max()), 1.0)
+    assert np.abs(got - expected).max() / scale < 1e-4
+    assert np.array_equal(got.argmax(1), expected.argmax(1))

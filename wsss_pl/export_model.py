@@ -102,6 +102,20 @@ def _infer_deeplab(state: dict[str, Tensor]) -> dict[str, Any]:
     return {"num_classes": int(state[convs[0]].shape[0]), "backbone": depth, "atrous_rates": rates}
 
 
+def _conventions_from_state(cls: Any, init_args: dict[str, Any], state: dict[str, Tensor]) -> None:
+    """DeepLabV2 keeps its backbone style / input convention as buffers; "auto" resolves from the
+    pretrained file, which is not loaded here, so take them from the trained weights instead."""
+    import inspect
+
+    parameters = inspect.signature(cls).parameters
+    for key, buffer, values in (
+        ("backbone_style", "caffe_backbone", ("torchvision", "caffe")),
+        ("input_convention", "caffe_input", ("imagenet_rgb", "caffe_bgr")),
+    ):
+        if key in parameters and buffer in state and init_args.get(key, "auto") == "auto":
+            init_args[key] = values[int(state[buffer])]
+
+
 def load_net(
     ckpt: str | Path, config: str | Path | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -135,8 +149,9 @@ def load_net(
         from wsss_pl.models.deeplab_v2 import DeepLabV2
 
         cls, init_args = DeepLabV2, _infer_deeplab(state)
-    if "pretrained" in init_args:
+    if "pretrained" in init_args or cls.__name__ == "DeepLabV2":
         init_args["pretrained"] = None  # the checkpoint holds the trained weights
+    _conventions_from_state(cls, init_args, state)
     if "freeze_bn" in init_args:
         init_args["freeze_bn"] = False  # eval() fixes BatchNorm anyway; avoids a warning
     net = cls(**init_args)
