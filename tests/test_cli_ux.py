@@ -71,6 +71,7 @@ def test_wandb_unavailable_reasons(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert wandb_unavailable() == "the W&B server http://127.0.0.1:9 cannot be reached"
 
 
+@pytest.mark.slow
 def test_evaluate_labels_progress_goes_to_stderr(tmp_path: Path) -> None:
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir()

@@ -341,7 +341,10 @@ def _check_data_first(config: Any) -> None:
     if values.get("download") or any(isinstance(v, dict) for v in values.values()):
         return  # downloads come later; nested objects are left to the full instantiation
     module, name = str(source_config.class_path).rsplit(".", 1)
-    source = getattr(importlib.import_module(module), name)(**values)
+    try:
+        source = getattr(importlib.import_module(module), name)(**values)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return  # the full instantiation reports a bad source config as before
     source.prepare_data()
 
 
@@ -521,6 +524,8 @@ def build_cli(
     prog: str = PROG,
 ) -> WsssCLI:
     WsssArgumentParser.argv = list(sys.argv[1:] if args is None else args)
+    # The arguments are passed explicitly, which is what this warning is about.
+    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended")
     return cli_class(
         SegmentationModule,
         WSSSDataModule,
@@ -617,8 +622,6 @@ def _quiet_known_noise() -> None:
     # Epoch metrics are torchmetrics objects already reduced across ranks when logged; Lightning's
     # advice to add sync_dist=True would only re-average identical values.
     warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on epoch level")
-    # main() passes the arguments explicitly, which is what this warning is about.
-    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended")
     # Lightning's own use of a deprecated torch API, printed on every run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
