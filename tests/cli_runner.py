@@ -50,19 +50,30 @@ def write_csv_logger_config(directory: Path) -> Path:
     return path
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    unset: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """``python -m wsss_pl ARGS`` in ``cwd``; ``env`` adds to (and ``unset`` removes from) the
+    test environment (offline hub, offline W&B)."""
+    full_env = {
         **os.environ,
         "WANDB_MODE": "offline",
         "WANDB_SILENT": "true",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
+        **(env or {}),
     }
+    for name in unset:
+        full_env.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "wsss_pl", *args],
         cwd=cwd,
-        env=env,
+        env=full_env,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["fit", "--config", str(DEMO_CONFIG), "--config", str(loggers), *FAST_OVERRIDES], workdir
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (workdir / "fit_stdout.txt").write_text(result.stdout)
     return workdir
 
 
@@ -59,6 +61,50 @@ def test_fit_logs_miou_and_named_per_class_iou(demo_run: Path) -> None:
     assert any(float(r["train/loss"]) > 0 for r in rows if r.get("train/loss"))
 
 
+def test_wandb_iou_table_of_each_epoch_averages_to_its_val_miou(demo_run: Path) -> None:
+    """One table per validation (none from the sanity check, one for the last epoch), holding
+    that epoch's numbers, not the previous validation's."""
+    miou_by_epoch = {
+        int(r["epoch"]): float(r["val/mIoU"]) for r in _metrics(demo_run) if r.get("val/mIoU")
+    }
+    (run_dir,) = demo_run.glob("runs/demo/wandb/offline-run-*")
+    tables = [
+        json.loads(p.read_text())
+        for p in (run_dir / "files/media/table/val").glob("iou_table_*.table.json")
+    ]
+    assert len(tables) == len(miou_by_epoch) == 2
+    for table in tables:
+        assert table["columns"] == ["class", "IoU", "epoch"]
+        (epoch,) = {row[2] for row in table["data"]}
+        ious = [row[1] for row in table["data"] if row[1] is not None]
+        assert len(table["data"]) == VOC.num_classes
+        assert math.isclose(sum(ious) / len(ious), 100 * miou_by_epoch[epoch], abs_tol=0.01)
+
+
+def test_fit_prints_progress_lines_and_a_summary(demo_run: Path) -> None:
+    out = (demo_run / "fit_stdout.txt").read_text().splitlines()
+    # stdout is a pipe here: plain progress lines, one per epoch and validation.
+    assert [line.split(":")[0] for line in out if line.startswith(("epoch ", "validation "))] == [
+        "epoch 0/1", "validation (epoch 0/1)", "epoch 1/1", "validation (epoch 1/1)",
+    ]  # fmt: skip
+    assert any(line.startswith("epoch 1/1: 4/4 it (100%)") and "it/s" in line for line in out)
+    head = next(i for i, line in enumerate(out) if line.startswith("wsss_pl fit finished: "))
+    summary = "\n".join(out[head:])
+    assert "2 epochs, 8 steps" in out[head]
+    rows = {
+        int(r["epoch"]): 100 * float(r["val/mIoU"]) for r in _metrics(demo_run) if r.get("val/mIoU")
+    }
+    best = max(rows, key=rows.__getitem__)
+    assert (
+        f"val mIoU: last {rows[1]:.2f} (epoch 1), best {rows[best]:.2f} (epoch {best})" in summary
+    )
+    (best_ckpt,) = (demo_run / "runs/demo/checkpoints").glob("epoch*-miou*.ckpt")
+    assert f"checkpoint (best by val/mIoU): {best_ckpt}" in summary
+    (run_dir,) = demo_run.glob("runs/demo/wandb/offline-run-*")
+    assert f"W&B run (offline): {run_dir.relative_to(demo_run)}" in summary
+    assert f"resolved config: {run_dir.relative_to(demo_run)}/files/run_config.yaml" in summary
+
+
 def test_wandb_offline_media_has_class_id_masks(demo_run: Path) -> None:
     (run_dir,) = demo_run.glob("runs/demo/wandb/offline-run-*")
     media = run_dir / "files" / "media" / "images"
@@ -79,11 +125,15 @@ def test_wandb_offline_media_has_class_id_masks(demo_run: Path) -> None:
 def test_validate_test_predict_from_checkpoint(demo_run: Path) -> None:
     ckpt = str(demo_run / "runs/demo/checkpoints/last.ckpt")
     common = ["--config", str(DEMO_CONFIG), *FAST_OVERRIDES, "--ckpt_path", ckpt]
-    for command in ("validate", "test"):
+    for command, split in (("validate", "val"), ("test", "test")):
         result = run_cli([command, *common], demo_run)
         assert result.returncode == 0, result.stderr[-4000:]
+        # The summary: mIoU and the per-class table.
+        assert f"wsss_pl {command}: {split} mIoU " in result.stdout
+        assert "  background " in result.stdout and "  tvmonitor " in result.stdout
     result = run_cli(["predict", *common, "--model.test_flip", "true"], demo_run)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "wsss_pl predict: wrote 4 palette PNGs to runs/demo/predictions" in result.stdout
     predictions = sorted((demo_run / "runs/demo/predictions").glob("*.png"))
     val_ids = (
         (demo_run / "data/synthetic_voc/VOC2012/ImageSets/Segmentation/val.txt").read_text().split()
@@ -98,8 +148,10 @@ def test_config_typo_names_the_key(tmp_path: Path) -> None:
     result = run_cli(
         ["fit", "--config", str(DEMO_CONFIG), "--data.batch_sise", "4"], tmp_path, timeout=120
     )
-    assert result.returncode != 0
-    assert "batch_sise" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        "wsss_pl fit: error: unknown option --data.batch_sise (did you mean --data.batch_size?)"
+    )
 
 
 def test_print_config_resolves(tmp_path: Path) -> None:

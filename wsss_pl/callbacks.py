@@ -6,18 +6,21 @@ Only global rank 0 logs or writes review files; predictions are written by the r
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
 from wsss_pl.classes import IGNORE_INDEX, voc_palette
 from wsss_pl.io import write_label
+from wsss_pl.progress import progress_line
 
 log = logging.getLogger(__name__)
 
@@ -151,23 +154,37 @@ class ReviewCallback(Callback):
         self._val_rows.extend(rows)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._active(trainer):
-            return
-        if self._val_rows:
+        if self._active(trainer) and self._val_rows:
             self._log(trainer, pl_module, "val/predictions", self._val_rows)
-        scores = getattr(pl_module, "last_scores", {}).get("val")
-        if scores is not None and isinstance(trainer.logger, WandbLogger):
-            import wandb
 
-            names = pl_module.label_names  # type: ignore[attr-defined]
-            table = wandb.Table(columns=["class", "IoU", "epoch"])
-            for name, iou in zip(names, scores["iou"].tolist(), strict=True):
-                table.add_data(
-                    name, None if np.isnan(iou) else round(100 * iou, 2), trainer.current_epoch
-                )
-            trainer.logger.experiment.log(
-                {"val/iou_table": table, "trainer/global_step": trainer.global_step}
+    # The IoU tables are logged at *_end, not *_epoch_end: callbacks' on_*_epoch_end runs before
+    # the module's, which computes this evaluation's scores (from the confusion matrix reduced
+    # across ranks). At *_end they are this evaluation's, never the previous one's.
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            self._log_iou_table(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self._log_iou_table(trainer, pl_module, "test")
+
+    @staticmethod
+    def _log_iou_table(trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> None:
+        """W&B table (class, IoU in percent, epoch) of the evaluation that just ended."""
+        scores = getattr(pl_module, "last_scores", {}).get(split)
+        if scores is None or not isinstance(trainer.logger, WandbLogger):
+            return
+        import wandb
+
+        names = pl_module.label_names  # type: ignore[attr-defined]
+        table = wandb.Table(columns=["class", "IoU", "epoch"])
+        for name, iou in zip(names, scores["iou"].tolist(), strict=True):
+            table.add_data(
+                name, None if np.isnan(iou) else round(100 * iou, 2), trainer.current_epoch
             )
+        trainer.logger.experiment.log(
+            {f"{split}/iou_table": table, "trainer/global_step": trainer.global_step}
+        )
 
     def _log(
         self,
@@ -176,53 +193,68 @@ class ReviewCallback(Callback):
         key: str,
         rows: list[dict[str, Any]],
     ) -> None:
-        names = dict(enumerate(pl_module.label_names))  # type: ignore[attr-defined]
-        names[IGNORE_INDEX] = "ignore"
-        mask_keys = [
-            k
-            for k in dict.fromkeys(k for row in rows for k in row)
-            if k not in ("id", "image", "boxes")
-        ]
-        logger = trainer.logger
-        if isinstance(logger, WandbLogger):
-            import wandb
+        names = list(pl_module.label_names)  # type: ignore[attr-defined]
+        log_review(trainer.logger, key, rows, names, trainer.global_step)
 
-            binary = {0: "agree", 1: "disagree"}
-            images = [
-                wandb.Image(
-                    row["image"],
-                    caption=row["id"],
-                    masks={
-                        k: {
-                            "mask_data": row[k],
-                            "class_labels": binary if k in ("error", "disagreement") else names,
-                        }
-                        for k in mask_keys
-                        if k in row
-                    },
-                    boxes=_wandb_boxes(row["boxes"], names) if "boxes" in row else None,
-                )
-                for row in rows
-            ]
-            logger.experiment.log({key: images, "trainer/global_step": trainer.global_step})
-            return
-        # Other loggers: one composite per sample, image | masks in VOC colours.
-        for row in rows:
-            panels = [row["image"]] + [
-                colorize(row[k] * (255 if k in ("error", "disagreement") else 1)) for k in mask_keys
-            ]
-            composite = np.concatenate(panels, axis=1)
-            tag = f"{key}/{row['id']}"
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(tag, composite, trainer.global_step, dataformats="HWC")
-            elif logger is not None and logger.log_dir:
-                path = (
-                    Path(logger.log_dir)
-                    / "review"
-                    / f"{key.replace('/', '_')}_step{trainer.global_step}_{row['id']}.png"
-                )
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(composite).save(path)
+
+def log_review(
+    logger: Logger | None, key: str, rows: list[dict[str, Any]], names: list[str], step: int
+) -> None:
+    """Log review rows under ``key``: W&B images with toggleable mask layers (and box layers);
+    other loggers get one composite PNG per row (image | masks in VOC colours).
+
+    A row is {"id": str, "image": uint8 [H, W, 3], <mask name>: uint8 [H, W] class ids (or 0/1
+    for "error" and "disagreement"), optional "boxes": instance metadata (pixel xyxy "box",
+    "label", "class", "score", "phrase")}. ``names`` are the names of label ids 0..K-1.
+    """
+    id_names = dict(enumerate(names))
+    id_names[IGNORE_INDEX] = "ignore"
+    mask_keys = [
+        k
+        for k in dict.fromkeys(k for row in rows for k in row)
+        if k not in ("id", "image", "boxes")
+    ]
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        binary = {0: "agree", 1: "disagree"}
+        images = [
+            wandb.Image(
+                row["image"],
+                caption=row["id"],
+                masks={
+                    k: {
+                        "mask_data": row[k],
+                        "class_labels": binary if k in ("error", "disagreement") else id_names,
+                    }
+                    for k in mask_keys
+                    if k in row
+                },
+                boxes=_wandb_boxes(row["boxes"], id_names) if "boxes" in row else None,
+            )
+            for row in rows
+        ]
+        logger.experiment.log({key: images, "trainer/global_step": step})
+        return
+    # Other loggers: one composite per sample, image | masks in VOC colours.
+    for row in rows:
+        panels = [row["image"]] + [
+            colorize(row[k] * (255 if k in ("error", "disagreement") else 1))
+            for k in mask_keys
+            if k in row
+        ]
+        composite = np.concatenate(panels, axis=1)
+        tag = f"{key}/{row['id']}"
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, composite, step, dataformats="HWC")
+        elif logger is not None and logger.log_dir:
+            path = (
+                Path(logger.log_dir)
+                / "review"
+                / f"{key.replace('/', '_')}_step{step}_{row['id']}.png"
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(composite).save(path)
 
 
 def _wandb_boxes(instances: list[dict[str, Any]], names: dict[int, str]) -> dict[str, Any]:
@@ -247,6 +279,7 @@ class PaletteWriter(BasePredictionWriter):
     def __init__(self, output_dir: str = "predictions") -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
+        self.num_written = 0  # by this rank, for the CLI's closing summary
 
     def write_on_batch_end(
         self,
@@ -263,3 +296,155 @@ class PaletteWriter(BasePredictionWriter):
             prediction["id"], prediction["size"].tolist(), prediction["pred"], strict=True
         ):
             write_label(self.output_dir / f"{sample_id}.png", pred[:height, :width], palette)
+            self.num_written += 1
+
+
+class RunSummary(Callback):
+    """Records what the CLI's closing summary prints (the CLI adds it to every run).
+
+    ``val_history``: (epoch, mIoU) of every validation, sanity check excluded, read at
+    ``on_validation_end`` from the module's freshly computed (rank-reduced) scores.
+    """
+
+    def __init__(self) -> None:
+        self.val_history: list[tuple[int, float]] = []
+        self.start = time.perf_counter()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scores = getattr(pl_module, "last_scores", {}).get("val")
+        if scores is not None and not trainer.sanity_checking:
+            self.val_history.append((trainer.current_epoch, float(scores["miou"])))
+
+
+class LineProgressBar(ProgressBar):
+    """Progress as plain lines on stdout, for output that is not a terminal (a log file).
+
+    A line every ``interval_s`` seconds during a long epoch or evaluation (steps done, it/s, ETA,
+    the progress-bar metrics), and one at the end of every training epoch and every evaluation.
+    The CLI uses it instead of Lightning's bar when stdout is not a terminal.
+    """
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._enabled = True
+        # One clock for the training epoch, one for the evaluation running inside it.
+        self._clocks: dict[str, list[float]] = {}
+        self._eval_done = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def _start(self, clock: str) -> None:
+        now = time.perf_counter()
+        self._clocks[clock] = [now, now]  # start, last line
+
+    def _line(
+        self, clock: str, desc: str, done: int, total: float, metrics: dict[str, Any], end: bool
+    ) -> None:
+        now = time.perf_counter()
+        start, last = self._clocks.setdefault(clock, [now, now])
+        if not self._enabled or (not end and now - last < self.interval_s):
+            return
+        self._clocks[clock][1] = now
+        known_total = total if total and total != float("inf") else None
+        shown = {k: _short(v) for k, v in metrics.items() if k != "v_num"}
+        print(progress_line(desc, done, known_total, now - start, "it", **shown), flush=True)
+
+    @staticmethod
+    def _epoch(trainer: pl.Trainer) -> str:
+        """'epoch 3/15' (0-based like the checkpoint names and the W&B epoch)."""
+        last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else None
+        return f"epoch {trainer.current_epoch}" + (f"/{last}" if last is not None else "")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start("train")
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        done, total = batch_idx + 1, self.total_train_batches
+        metrics = self.get_metrics(trainer, pl_module)
+        self._line("train", self._epoch(trainer), done, total, metrics, end=done == total)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        total = self.total_train_batches
+        if not total or total == float("inf"):  # no end line was printed at the last batch
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            self._line("train", self._epoch(trainer), done, done, {}, end=True)
+
+    def _eval_start(self, trainer: pl.Trainer) -> None:
+        self.reset_dataloader_idx_tracker()
+        if not trainer.sanity_checking:
+            self._start("eval")
+            self._eval_done = 0
+
+    def _eval_batch(self, trainer: pl.Trainer, desc: str, dataloader_idx: int, kind: str) -> None:
+        self.has_dataloader_changed(dataloader_idx)  # sets the base class's current dataloader
+        total = getattr(self, f"total_{kind}_batches_current_dataloader")
+        if not trainer.sanity_checking:
+            self._eval_done += 1
+            self._line("eval", desc, self._eval_done, total, {}, end=False)
+
+    def _eval_end(self, trainer: pl.Trainer, desc: str, keys: tuple[str, ...]) -> None:
+        if not trainer.sanity_checking:
+            metrics = {k: v for k, v in trainer.callback_metrics.items() if k in keys}
+            self._line("eval", desc, self._eval_done, self._eval_done, metrics, end=True)
+
+    def _val_desc(self, trainer: pl.Trainer) -> str:
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        return f"validation ({self._epoch(trainer)})" if fitting else "validation"
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_start(trainer)
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._eval_batch(trainer, self._val_desc(trainer), dataloader_idx, "val")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_end(trainer, self._val_desc(trainer), ("val/mIoU", "val/loss"))
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_start(trainer)
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._eval_batch(trainer, "test", dataloader_idx, "test")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_end(trainer, "test", ("test/mIoU",))
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_start(trainer)
+
+    def on_predict_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        self._eval_batch(trainer, "predict", dataloader_idx, "predict")
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._eval_end(trainer, "predict", ())
+
+
+def _short(value: Any) -> Any:
+    """4 significant digits for floats and scalar tensors, anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return f"{value:.4g}" if isinstance(value, float) else value

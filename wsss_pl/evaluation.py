@@ -35,8 +35,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from wsss_pl.errors import DataError, WsssError
+from wsss_pl.progress import Progress
 
 _BINS = 256 * 256
+_SERIAL_CHUNK = 64  # file pairs per progress update in the single-process path
+PROGRESS_MIN_IMAGES = 100  # fewer images finish too fast to need a progress display
 _Task = tuple[str, str, str | None]  # (id, gt path, prediction path or None = all background)
 
 
@@ -128,6 +131,11 @@ def _histogram_chunk(args: tuple[list[_Task], int]) -> np.ndarray:
     return total
 
 
+def _sized_histogram_chunk(args: tuple[list[_Task], int]) -> tuple[int, np.ndarray]:
+    """(number of file pairs, their summed histogram): the count drives the progress display."""
+    return len(args[0]), _histogram_chunk(args)
+
+
 def _png_stems(directory: Path, role: str) -> dict[str, str]:
     if not directory.is_dir():
         raise DataError(f"{role} directory {directory} does not exist")
@@ -155,6 +163,7 @@ def evaluate_label_dirs(
     ignore_index: int = 255,
     workers: int = 0,
     missing_as_background: bool = False,
+    progress: bool = False,
 ) -> LabelEvaluation:
     """Confusion matrix and IoU of the label PNGs in ``pred_dir`` against those in ``gt_dir``.
 
@@ -167,6 +176,8 @@ def evaluate_label_dirs(
         workers: processes to use; 0 or 1 runs in this process.
         missing_as_background: count ground-truth ids without a prediction as all background
             instead of leaving them out (they are listed in ``missing_predictions`` either way).
+        progress: show progress on stderr (a bar on a terminal, else plain lines) when there
+            are at least ``PROGRESS_MIN_IMAGES`` images; stdout stays clean (``--format json``).
 
     Raises:
         DataError: missing directory, unknown ids, no ids in common, a file that cannot be read,
@@ -203,15 +214,23 @@ def evaluate_label_dirs(
     ]
 
     total = np.zeros(_BINS, dtype=np.int64)
+    shown = Progress(
+        len(tasks), "evaluating", unit="img", enabled=progress and len(tasks) >= PROGRESS_MIN_IMAGES
+    )
     if workers <= 1 or len(tasks) < 2 * workers:
-        total += _histogram_chunk((tasks, num_classes))
+        # In chunks only so that progress moves; the sum is the same.
+        for start in range(0, len(tasks), _SERIAL_CHUNK):
+            total += _histogram_chunk((tasks[start : start + _SERIAL_CHUNK], num_classes))
+            shown.update(len(tasks[start : start + _SERIAL_CHUNK]))
     else:
         # Several chunks per worker balance uneven image sizes; each returns one summed histogram.
         num_chunks = min(len(tasks), workers * 8)
         chunks = [(tasks[k::num_chunks], num_classes) for k in range(num_chunks)]
         with multiprocessing.get_context().Pool(workers) as pool:
-            for hist in pool.imap_unordered(_histogram_chunk, chunks):
+            for count, hist in pool.imap_unordered(_sized_histogram_chunk, chunks):
                 total += hist
+                shown.update(count)
+    shown.close()
     joint = total.reshape(256, 256)
     confusion = joint[:num_classes, :num_classes].copy()
     pred_ignored = joint[:num_classes, 255].copy()
@@ -316,7 +335,7 @@ def _class_names(spec: str | None, num_classes: int | None) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m wsss_pl evaluate-labels",
+        prog="wsss_pl evaluate-labels",
         description="mIoU of a folder of label PNGs against a folder of ground-truth PNGs.",
     )
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted <id>.png")
@@ -328,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", help="voc, coco, or a file with one class name per line (default voc)"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help=f"no progress display on stderr (shown from {PROGRESS_MIN_IMAGES} images on)",
+    )
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument(
         "--missing-as-background",
@@ -356,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             len(names),
             workers=args.workers,
             missing_as_background=args.missing_as_background,
+            progress=not args.no_progress,
         )
     except (WsssError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ pseudo-labels are scored against the ground truth when the split has it (the pap
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +22,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Progress
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
-from tqdm import tqdm
 
+from wsss_pl.callbacks import disagreement, log_review
 from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.label_sources import LabeledDataset
@@ -31,7 +32,8 @@ from wsss_pl.errors import DataError
 from wsss_pl.evaluation import LabelEvaluation, format_table
 from wsss_pl.io import write_json
 from wsss_pl.labeling.online import OnlinePseudoLabels
-from wsss_pl.metrics import ConfusionMatrix
+from wsss_pl.metrics import ConfusionMatrix, count_labels, iou_from_confusion
+from wsss_pl.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +117,34 @@ class LabelingData(pl.LightningDataModule):
 
 
 class LabelingModule(pl.LightningModule):
-    """Labels each batch's uncached samples and scores every pseudo-label against ground truth."""
+    """Labels each batch's uncached samples and scores every pseudo-label against ground truth.
 
-    def __init__(self, labels: OnlinePseudoLabels, num_classes: int) -> None:
+    Per image it keeps the IoU against ground truth (mean over the classes in either map), the
+    image-level classes and the missed ones (prompted, but no pixel in the pseudo-label); the
+    ``num_review`` worst images (or, without ground truth, the first ones) are kept for review.
+    """
+
+    def __init__(
+        self, labels: OnlinePseudoLabels, label_names: list[str], num_review: int = 8
+    ) -> None:
         super().__init__()
         self.labels = labels
-        self.quality = ConfusionMatrix(num_classes, IGNORE_INDEX)
-        self.image_errors = ImageErrors(num_classes)  # worst images per class (this rank's)
+        self.label_names = list(label_names)  # of label ids 0..C-1, background first
+        self.num_classes = len(label_names)
+        self.num_review = num_review
+        self.quality = ConfusionMatrix(self.num_classes, IGNORE_INDEX)
+        self.image_errors = ImageErrors(self.num_classes)  # worst images per class (this rank's)
         self.labelled_ids: list[str] = []
         self.num_cached = 0
         self.scores: dict[str, torch.Tensor] | None = None
         self.totals: tuple[torch.Tensor, torch.Tensor] | None = (
             None  # all ranks' (confmat, pred_ignored)
         )
+        self.records: list[dict[str, Any]] = []  # this rank's per-image records
+        self.all_records: list[dict[str, Any]] = []  # every rank's, after the epoch
+        self._review: list[tuple[float, int, dict[str, Any]]] = []  # heap of (-IoU, n, row)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> int:
         todo = [
             i for i, flag in zip(batch["id"], batch["needs_label"].tolist(), strict=True) if flag
         ]
@@ -140,24 +155,74 @@ class LabelingModule(pl.LightningModule):
         if bool(batch["has_gt"].any()):
             self.quality.update(batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]])
             self.image_errors.update_batch(batch)
+        self._record(batch)
+        return len(todo)  # not None: Lightning warns about a None prediction on every call
+
+    def _record(self, batch: dict[str, Any]) -> None:
+        names = self.label_names
+        for i, sample_id in enumerate(batch["id"]):
+            height, width = batch["size"][i].tolist()
+            label = batch["target"][i, :height, :width]
+            classes = [names[c + 1] for c in torch.nonzero(batch["labels"][i]).flatten().tolist()]
+            present = torch.bincount(label[label != IGNORE_INDEX].long(), minlength=len(names))
+            missed = [n for n in classes if int(present[names.index(n)]) == 0]
+            iou = None
+            gt = None
+            if bool(batch["has_gt"][i]):
+                gt = batch["gt"][i, :height, :width]
+                confmat, ignored = count_labels(label, gt, self.num_classes, IGNORE_INDEX)
+                per_class = iou_from_confusion(confmat, ignored)
+                if not bool(per_class.isnan().all()):
+                    iou = float(per_class.nanmean())
+            self.records.append({"id": sample_id, "iou": iou, "classes": classes, "missed": missed})
+            # Keep the worst (lowest IoU) images; without ground truth, the first ones.
+            key = -(iou if iou is not None else float(len(self.records)))
+            if len(self._review) >= self.num_review and key <= self._review[0][0]:
+                continue
+            row = {
+                "id": sample_id,
+                "image": batch["image"][i, :, :height, :width].permute(1, 2, 0).cpu().numpy(),
+                "pseudo_label": label.cpu().numpy(),
+            }
+            if gt is not None:
+                row["ground_truth"] = gt.cpu().numpy()
+                row["disagreement"] = disagreement(row["pseudo_label"], row["ground_truth"])
+            heapq.heappush(self._review, (key, len(self.records), row))
+            if len(self._review) > self.num_review:
+                heapq.heappop(self._review)
+
+    def review_rows(self) -> list[dict[str, Any]]:
+        """This rank's kept images, worst first, with their detections as boxes when cached."""
+        rows = [row for _, _, row in sorted(self._review, key=lambda item: -item[0])]
+        cache = self.labels.cache
+        for row in rows:
+            metadata = cache.load_metadata(row["id"]) if cache is not None else None
+            if metadata and metadata.get("instances") is not None:
+                row["boxes"] = metadata["instances"]
+        return rows
 
     def on_predict_epoch_end(self) -> None:
         self.scores = self.quality.compute()  # sums the confusion matrices of all ranks
         with self.quality.sync_context():
             self.totals = (self.quality.confmat.clone(), self.quality.pred_ignored.clone())
+        self.all_records = list(self.records)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, self.records)
+            self.all_records = [r for rank_records in gathered for r in rank_records]
 
 
 class LabelProgress(Callback):
-    """tqdm bar on rank 0 in images (all ranks together), with images/s and ETA."""
+    """Progress on rank 0 in images (all ranks together) with images/s and ETA: a tqdm bar on a
+    terminal, plain lines when stderr is a file."""
 
     def __init__(self) -> None:
-        self.total = 0
-        self.bar: tqdm | None = None
+        self.progress: Progress | None = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.total = len(trainer.datamodule.data.datasets["train"])  # type: ignore[attr-defined]
-            self.bar = tqdm(total=self.total, unit="img", desc="labelling", dynamic_ncols=True)
+            total = len(trainer.datamodule.data.datasets["train"])  # type: ignore[attr-defined]
+            self.progress = Progress(total, "labelling", unit="img")
 
     def on_predict_batch_end(
         self,
@@ -168,14 +233,15 @@ class LabelProgress(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.bar is not None:
+        progress = self.progress
+        if progress is not None and progress.total is not None:
             # Ranks advance in step, so rank 0's count times the world size tracks the total.
-            self.bar.update(min(len(batch["id"]) * trainer.world_size, self.total - self.bar.n))
-            self.bar.set_postfix(labelled=len(pl_module.labelled_ids), cached=pl_module.num_cached)
+            step = min(len(batch["id"]) * trainer.world_size, progress.total - progress.done)
+            progress.update(step, labelled=len(pl_module.labelled_ids), cached=pl_module.num_cached)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.progress is not None:
+            self.progress.close()
 
 
 def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
@@ -191,7 +257,7 @@ def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
     skip = (ProgressBar, BasePredictionWriter)
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, skip)]
     trainer.callbacks.append(LabelProgress())
-    module = LabelingModule(labels, data.num_classes)
+    module = LabelingModule(labels, ["background", *data.class_names])
     start = time.perf_counter()
     trainer.predict(module, datamodule=data_for_pass, return_predictions=False)
     seconds = time.perf_counter() - start
@@ -209,6 +275,32 @@ def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
     return 0
 
 
+def _write_quality(data: WSSSDataModule, result: LabelEvaluation) -> None:
+    """All ranks' pseudo-label mIoU and per-class IoU as ``label_pass/quality.json`` (rank 0)."""
+    names = ["background", *data.class_names]
+    path = data.train_labels.cache.directory / "label_pass" / "quality.json"  # type: ignore[union-attr]
+    payload = {
+        "miou": result.miou,
+        "iou": {
+            n: (None if np.isnan(v) else float(v)) for n, v in zip(names, result.iou, strict=True)
+        },
+        "num_images": result.num_images,
+    }
+    try:
+        write_json(path, payload)
+    except OSError as error:  # a read-only cache: the numbers were printed above
+        log.warning("pseudo-label quality %s not written (%s); skipped", path, error.strerror)
+
+
+WORST_TABLE_ROWS = 100  # rows of the W&B table of the worst pseudo-labels
+
+
+def worst_records(records: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The ``count`` records with ground truth and the lowest IoU, worst first (ties by id)."""
+    scored = [r for r in records if r["iou"] is not None]
+    return sorted(scored, key=lambda r: (r["iou"], r["id"]))[:count]
+
+
 @rank_zero_only
 def _report(
     trainer: pl.Trainer, data: WSSSDataModule, module: LabelingModule, seconds: float
@@ -223,6 +315,7 @@ def _report(
     missing = data.train_labels.missing_counts  # type: ignore[attr-defined]
     if missing:
         print("prompted classes without a box (rank 0):", dict(missing.most_common()))
+    _log_review(trainer, module)
     scores = module.scores
     if scores is None or module.totals is None or int(module.totals[0].sum()) == 0:
         print("no ground truth in this split: pseudo-label quality not measured")
@@ -236,12 +329,20 @@ def _report(
     )
     print("pseudo-label quality against ground truth:")
     print(format_table(result, data.class_names))
+    _write_quality(data, result)
     names = ["background", *data.class_names]
     errors, num_images = module.image_errors, result.num_images
     diagnosis = from_totals(result.confusion, result.pred_ignored, names, errors, num_images)
     print(format_diagnosis(diagnosis).replace("worst images", "worst images (rank 0)"))
     if isinstance(trainer.logger, WandbLogger):
         log_wandb(diagnosis, trainer.logger.experiment, prefix="label_pass/diagnosis")
+    worst = worst_records(module.all_records, 5)
+    if worst:
+        shown = ", ".join(
+            f"{r['id']} {100 * r['iou']:.1f}" + (f" (missed {'/'.join(r['missed'])})" if r["missed"] else "")
+            for r in worst
+        )  # fmt: skip
+        print(f"worst pseudo-labels (image IoU %): {shown}")
     if trainer.logger is not None:
         values = {"label_pass/mIoU": float(scores["miou"])}
         names = ["background", *data.class_names]
@@ -253,3 +354,33 @@ def _report(
             }
         )
         trainer.logger.log_metrics(values)
+
+
+def _log_review(trainer: pl.Trainer, module: LabelingModule) -> None:
+    """W&B (or other logger) review of the pass: image | pseudo-label | ground truth with the
+    detector's boxes for the worst images of rank 0, and a table of the worst pseudo-labels of
+    all ranks by IoU against ground truth (id, IoU, classes, missed classes)."""
+    logger = trainer.logger
+    if logger is None:
+        return
+    if isinstance(logger, WandbLogger):
+        print(
+            f"review: W&B run {Path(logger.experiment.dir).parent} "
+            "(label_pass/review images, label_pass/worst_labels table)"
+        )
+    rows = module.review_rows()
+    if rows:
+        log_review(logger, "label_pass/review", rows, module.label_names, step=0)
+    worst = worst_records(module.all_records, WORST_TABLE_ROWS)
+    if worst and isinstance(logger, WandbLogger):
+        import wandb
+
+        table = wandb.Table(columns=["id", "IoU", "classes", "missed classes"])
+        for record in worst:
+            table.add_data(
+                record["id"],
+                round(100 * record["iou"], 2),
+                ", ".join(record["classes"]),
+                ", ".join(record["missed"]),
+            )
+        logger.experiment.log({"label_pass/worst_labels": table, "trainer/global_step": 0})
