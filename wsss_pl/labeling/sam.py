@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
+from wsss_pl.labeling.sam_fast import SamAttention, compile_blocks, use_attention
 from wsss_pl.weights import load_state_dict, resolve_checkpoint
 
 SamType = Literal["vit_h", "vit_l", "vit_b"]
@@ -37,6 +38,9 @@ class SamSegmenter(nn.Module):
             activations per image in fp32). 1 makes every embedding bit-for-bit that of a batch
             of one (batched matrix products can differ in the last bits).
         image_resize: ``pil`` (as ``SamPredictor.set_image``) or ``tensor`` (see above).
+        attention: image-encoder attention, ``original`` or ``sdpa`` (``wsss_pl.labeling.sam_fast``:
+            same weights and math, fused kernel).
+        compile: ``torch.compile`` the image-encoder blocks (first call per shape compiles).
     """
 
     def __init__(
@@ -44,6 +48,8 @@ class SamSegmenter(nn.Module):
         sam: Sam,
         encoder_batch_size: int = 4,
         image_resize: Literal["pil", "tensor"] = "tensor",
+        attention: SamAttention = "original",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if encoder_batch_size < 1:
@@ -51,6 +57,9 @@ class SamSegmenter(nn.Module):
         if image_resize not in ("pil", "tensor"):
             raise ValueError(f"image_resize must be 'pil' or 'tensor', got {image_resize!r}")
         self.sam = sam.eval().requires_grad_(False)
+        use_attention(self.sam.image_encoder, attention)
+        if compile:
+            compile_blocks(self.sam.image_encoder)
         self.encoder_batch_size = encoder_batch_size
         self.image_resize = image_resize
         self.resize = ResizeLongestSide(sam.image_encoder.img_size)
@@ -62,10 +71,12 @@ class SamSegmenter(nn.Module):
         checkpoint: str | Path,
         encoder_batch_size: int = 4,
         image_resize: Literal["pil", "tensor"] = "tensor",
+        **kwargs: Any,
     ) -> SamSegmenter:
         """Build SAM ``model_type`` with segment-anything's builder and load ``checkpoint``.
 
         The state dict is read with ``weights_only=True`` onto the CPU; move the module after.
+        ``kwargs`` go to ``SamSegmenter`` (``attention``, ``compile``).
         """
         if model_type not in ("vit_h", "vit_l", "vit_b"):
             raise ValueError(f"model_type must be vit_h, vit_l or vit_b, got {model_type!r}")
@@ -84,7 +95,7 @@ class SamSegmenter(nn.Module):
                 f"cannot load SAM {model_type} from {path} (wrong model_type or corrupt file): "
                 f"{str(error)[:300]}"
             ) from error
-        return cls(sam, encoder_batch_size=encoder_batch_size, image_resize=image_resize)
+        return cls(sam, encoder_batch_size=encoder_batch_size, image_resize=image_resize, **kwargs)
 
     def train(self, mode: bool = True) -> SamSegmenter:
         super().train(mode)
