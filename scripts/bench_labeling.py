@@ -5,6 +5,12 @@ Rows, all in one process on the same synthetic images:
 - batched calls of 2/4/8 images (``PseudoLabeler`` over a list; SAM's encoder batch = the call);
 - with ``--bf16``: the same under ``torch.autocast(dtype=bfloat16)``; a failure is reported as a
   row, the wrappers are not patched.
+- with ``--fast``: the fast path, SAM's encoder with SDPA attention (``sam_attention: sdpa``) under
+  bf16 autocast, at batch 1 and each batch size (``--compile`` adds torch.compile of the SAM
+  blocks); the last column is the share of label pixels identical to the fp32 baseline's;
+- with ``--label-pass`` (on in ``--quick``): the real label pass (``run_label_pass``: Lightning
+  predict loop, DataLoader, cache writes, scoring against ground truth) on a synthetic VOC split
+  against the labeler's forward alone on the same images and batch; ratio forward / pass.
 Then, for one batch size, the time per stage (detector, SAM image encoder, the rest of SAM,
 merge + RLE metadata), measured with forward hooks.
 
@@ -57,6 +63,7 @@ class Row:
     boxes_per_image: float
     peak_mib: float | None
     note: str = ""
+    labels: list[Tensor] | None = None
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -221,7 +228,10 @@ def measure(
         peak: float | None = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = maxrss_mib() - rss_before
-    return Row(config, batch, statistics.median(times), len(images), boxes / len(images), peak)
+    labels = [r.label.cpu() for r in results]
+    return Row(
+        config, batch, statistics.median(times), len(images), boxes / len(images), peak, "", labels
+    )
 
 
 @contextlib.contextmanager
@@ -290,6 +300,74 @@ def stage_breakdown(
     return [(name, 1000 * s / len(images), s / medians["total"]) for name, s in medians.items()]
 
 
+def label_pass_section(args: argparse.Namespace, device: torch.device) -> None:
+    """Print the label pass (``python -m wsss_pl label``'s ``run_label_pass``) against the
+    labeler's forward alone: same tiny models, images, batch size and device, one process."""
+    import json
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    import lightning.pytorch as pl
+
+    from wsss_pl.data.datamodule import WSSSDataModule
+    from wsss_pl.data.synthetic import SyntheticVOC
+    from wsss_pl.labeling.label_pass import run_label_pass
+    from wsss_pl.labeling.online import OnlinePseudoLabels
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    count, batch = args.label_pass_images, args.label_pass_batch
+    height, width = args.image_size
+    with tempfile.TemporaryDirectory() as tmp:
+        source = SyntheticVOC(
+            root=f"{tmp}/voc", num_train=count, num_val=1, image_size=(height, width)
+        )
+        labels = OnlinePseudoLabels(
+            cache_root=f"{tmp}/cache", detector="tiny", sam_checkpoint="tiny",
+            sam_encoder_batch_size=batch,
+        )  # fmt: skip
+        data = WSSSDataModule(
+            source, labels, batch_size=batch, num_workers=args.label_pass_workers,
+            pin_memory=device.type == "cuda",
+        )  # fmt: skip
+        source.prepare_data()
+        labels.prepare_data(source)
+        labeler = labels.labeler(device)  # built before both timings
+        data.setup("fit")
+        dataset = data.datasets["train"]
+        samples = [dataset[i] for i in range(count)]
+        images = [s["image"].to(device) for s in samples]
+        present = [labels.vocabulary.names_of(s["labels"]) for s in samples]  # type: ignore[union-attr]
+        label_all(labeler, images[:batch], present[:batch], batch, contextlib.nullcontext)
+        synchronize(device)
+        start = time.perf_counter()
+        label_all(labeler, images, present, batch, contextlib.nullcontext)
+        synchronize(device)
+        forward = time.perf_counter() - start
+        trainer = pl.Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - its quality table
+            run_label_pass(trainer, data)
+        assert labels.cache is not None
+        report = json.loads((labels.cache.directory / "label_pass" / "rank0.json").read_text())
+        assert len(report["labelled"]) == count, report
+        passed = float(report["seconds"])
+        stored = len(list(Path(labels.cache.directory).glob("*.png")))
+    print(
+        f"\n## Label pass vs the labeler's forward alone ({count} synthetic {height}x{width} "
+        f"images, batch {batch}, tiny models, {args.label_pass_workers} loader worker(s))\n"
+    )
+    print("| what | s | images/s | ratio (forward / this) |")
+    print("|---|---:|---:|---:|")
+    print(f"| labeler forward alone (baseline) | {forward:.2f} | {count / forward:.2f} | 1.00x |")
+    print(
+        f"| label pass (load, collate, label, write {stored} labels, score) | {passed:.2f} | "
+        f"{count / passed:.2f} | {forward / passed:.2f}x |"
+    )
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -329,6 +407,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per row")
     parser.add_argument("--stage-batch", type=int, default=0, help="0: largest batch size")
     parser.add_argument("--bf16", action="store_true", help="add torch.autocast bf16 rows")
+    parser.add_argument("--fast", action="store_true", help="add sdpa + bf16 autocast rows")
+    parser.add_argument("--compile", action="store_true", help="with --fast: add a compile row")
+    parser.add_argument(
+        "--label-pass", action="store_true", help="label pass vs labeler forward (tiny models)"
+    )
+    parser.add_argument("--label-pass-images", type=int, default=32)
+    parser.add_argument("--label-pass-batch", type=int, default=8)
+    parser.add_argument("--label-pass-workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -337,6 +423,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.models, args.num_images, args.warmup, args.repeats = "tiny", 8, 1, 3
+        args.label_pass, args.label_pass_images = True, 16
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but torch.cuda.is_available() is False")
     cpu_real = args.models == "real-size-random" and args.device == "cpu"
@@ -406,21 +493,46 @@ def main() -> None:
                 message = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
                 rows.append(Row(config, batch, None, len(images), 0.0, None, f"FAILED {message}"))
 
+    if args.fast:
+        from wsss_pl.labeling.sam_fast import compile_blocks, use_attention
+
+        use_attention(labeler.segmenter.sam.image_encoder, "sdpa")
+        variants = [("bf16 + sdpa", False)] + ([("bf16 + sdpa + compile", True)] * args.compile)
+        for config, compiled in variants:
+            if compiled:
+                compile_blocks(labeler.segmenter.sam.image_encoder)
+            for batch in [1, *args.batch_sizes]:
+                try:
+                    rows.append(
+                        measure(labeler, images, present, batch, args, device, config, bf16)
+                    )
+                except Exception as error:  # noqa: BLE001 - report whatever breaks
+                    message = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+                    rows.append(
+                        Row(config, batch, None, len(images), 0.0, None, f"FAILED {message}")
+                    )
+        use_attention(labeler.segmenter.sam.image_encoder, "original")
+
     base = rows[0]
-    assert base.seconds is not None
+    assert base.seconds is not None and base.labels is not None
     memory = "peak CUDA alloc MiB" if device.type == "cuda" else "maxrss growth MiB"
-    print(f"| config | batch | images/s | ms/image | ratio vs baseline | boxes/image | {memory} |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| config | batch | images/s | ms/image | ratio vs baseline | boxes/image | {memory} "
+        "| label pixels = baseline |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         if row.seconds is None:
             print(f"| {row.config} | {row.batch} | {row.note} | | | | |")
             continue
         rate = row.images / row.seconds
         peak = "n/a" if row.peak_mib is None else f"{row.peak_mib:.0f}"
+        same = sum(int((a == b).sum()) for a, b in zip(row.labels or [], base.labels, strict=False))
+        agreement = f"{100 * same / sum(b.numel() for b in base.labels):.2f}%"
         print(
             f"| {row.config}{' (baseline)' if row is base else ''} | {row.batch} | {rate:.2f} | "
             f"{1000 * row.seconds / row.images:.1f} | {base.seconds / row.seconds:.2f}x | "
-            f"{row.boxes_per_image:.2f} | {peak} |"
+            f"{row.boxes_per_image:.2f} | {peak} | {agreement} |"
         )
 
     stage_batch = args.stage_batch or (max(args.batch_sizes) if args.batch_sizes else 1)
@@ -432,6 +544,8 @@ def main() -> None:
         labeler, images, present, stage_batch, args, device, plain
     ):
         print(f"| {name} | {ms:.1f} | {100 * share:.0f}% |")
+    if args.label_pass:
+        label_pass_section(args, device)
     if device.type == "cpu":
         print(
             "\nmaxrss growth: rise of the process's resident high-water mark during the row "

@@ -11,6 +11,12 @@ FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode`` 
 warm-up step) to give GFLOP per image and the achieved TFLOP/s; DESIGN.md's anchor is about
 450 GFLOP per training image for R101 OS8 at 321x321.
 
+Then Lightning's overhead: ``Trainer.fit`` of ``SegmentationModule`` (the real training_step,
+its logging, counters and poly schedule) against a plain PyTorch loop doing the same forward, loss,
+backward, SGD and poly-lr step, on the same model, batches and DataLoader (random crops on the
+host, moved to the device each step in both). Both time the steps after the warm-up; the ratio is
+plain / Lightning seconds (1.00 = no overhead; the target is >= 0.95).
+
 Separately: ``BatchAugment.train_batch`` (scale, crop 321, flip, normalise) on a collated uint8
 batch of VOC-sized images on the same device, against the baseline model step.
 
@@ -124,6 +130,93 @@ def measure_step(
     return Row(backbone, precision, memory_format, seconds, args.batch_size, gflop, peak)
 
 
+class _Crops(torch.utils.data.Dataset):
+    """Random normalised crops and labels with the batch keys ``SegmentationModule`` reads."""
+
+    def __init__(self, count: int, crop: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(count, 3, crop, crop, generator=generator)
+        self.targets = torch.randint(0, 21, (count, crop, crop), generator=generator)
+        self.targets[:, :, : crop // 10] = IGNORE_INDEX
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        return {"image": self.images[index], "target": self.targets[index], "has_gt": False,
+                "gt": self.targets[index], "num_skipped": 0, "num_labelled": 0,
+                "num_unmatched_boxes": 0, "num_missing_classes": 0}  # fmt: skip
+
+
+def lightning_overhead(args: argparse.Namespace, device: torch.device) -> tuple[float, float, str]:
+    """(plain-loop seconds, Lightning fit seconds) for the same timed steps, and a description."""
+    import lightning.pytorch as pl
+
+    from wsss_pl.module import SegmentationModule
+
+    warmup, steps = max(args.warmup, 1), args.lightning_steps
+    data = _Crops(args.batch_size * (warmup + steps), args.crop_size, args.seed)
+
+    def loader() -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            data, batch_size=args.batch_size, shuffle=False, pin_memory=device.type == "cuda"
+        )
+
+    def model() -> DeepLabV2:
+        torch.manual_seed(args.seed)
+        return DeepLabV2(num_classes=21, backbone=args.lightning_backbone)  # type: ignore[arg-type]
+
+    # Plain loop: the same math as SegmentationModule.training_step + its optimizer/scheduler.
+    net = model().to(device)
+    module = SegmentationModule(net, max_steps=warmup + steps)
+    optimizer = SGD(net.param_groups(2.5e-4, 5e-4), lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(1 - step / (warmup + steps), 0.0) ** 0.9
+    )
+    start = 0.0
+    for index, batch in enumerate(loader()):
+        if index == warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        images = batch["image"].to(device, non_blocking=True)
+        target = batch["target"].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(module(images), target, ignore_index=IGNORE_INDEX)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    synchronize(device)
+    plain = time.perf_counter() - start
+
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.start = 0.0
+            self.end = 0.0
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *_: object) -> None:
+            if trainer.global_step == warmup:
+                synchronize(device)
+                self.start = time.perf_counter()
+
+        def on_train_end(self, trainer: pl.Trainer, *_: object) -> None:
+            synchronize(device)
+            self.end = time.perf_counter()
+
+    clock = StepClock()
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+        max_steps=warmup + steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0, callbacks=[clock],
+    )  # fmt: skip
+    trainer.fit(SegmentationModule(model(), max_steps=warmup + steps), train_dataloaders=loader())
+    description = (
+        f"{args.lightning_backbone} fp32, batch {args.batch_size}, crop {args.crop_size}, "
+        f"{steps} timed steps after {warmup} warm-up, DataLoader 0 workers"
+    )
+    return plain, clock.end - clock.start, description
+
+
 def augment_cost(args: argparse.Namespace, device: torch.device) -> tuple[float, str]:
     """Median seconds of BatchAugment.train_batch on a collated VOC-like batch on ``device``."""
     generator = torch.Generator().manual_seed(args.seed)
@@ -175,6 +268,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=10, help="timed steps; the median is shown")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per row")
     parser.add_argument("--no-flops", action="store_true", help="skip FlopCounterMode")
+    parser.add_argument(
+        "--lightning-steps", type=int, default=20, help="timed steps of fit vs plain loop"
+    )
+    parser.add_argument(
+        "--lightning-backbone", default="", help="backbone of fit vs plain (default: baseline's)"
+    )
+    parser.add_argument("--no-lightning", action="store_true", help="skip fit vs plain loop")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -189,6 +289,9 @@ def parse_args() -> argparse.Namespace:
         args.precisions = ["fp32", "bf16"] if args.device == "cuda" else ["fp32"]
     if args.quick:
         args.batch_size, args.warmup, args.repeats = 1, 1, 2
+        args.lightning_steps = 4
+        args.lightning_backbone = args.lightning_backbone or "resnet18"
+    args.lightning_backbone = args.lightning_backbone or args.backbones[0]
     if "fp32" not in args.precisions:
         args.precisions.insert(0, "fp32")  # the baseline row is fp32
     return args
@@ -224,6 +327,7 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     aug_s, aug_desc = augment_cost(args, device)
+    overhead = None if args.no_lightning else lightning_overhead(args, device)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     print("# DeepLab-v2 training step\n")
@@ -272,6 +376,14 @@ def main() -> None:
         print(
             f"| model step, {base.backbone} {base.precision} (baseline) | {1000 * base.step_s:.1f} | 100% |"
         )
+    if overhead is not None:
+        plain, fit, description = overhead
+        steps = args.lightning_steps
+        print(f"\n## Lightning fit vs a plain PyTorch loop ({description})\n")
+        print("| loop | ms/step | ratio (plain / this) |")
+        print("|---|---:|---:|")
+        print(f"| plain PyTorch loop (baseline) | {1000 * plain / steps:.1f} | 1.00x |")
+        print(f"| Lightning Trainer.fit | {1000 * fit / steps:.1f} | {plain / fit:.2f}x |")
     if device.type == "cpu":
         print(
             "\nmaxrss growth: rise of the process's resident high-water mark during the row "

@@ -119,3 +119,15 @@ def test_fp32_sdpa_matches_original_embeddings_and_masks() -> None:
         agreement = (mask_a == mask_b).float().mean().item()
         assert agreement >= MASK_AGREEMENT, agreement
         torch.testing.assert_close(score_a, score_b, atol=1e-4, rtol=0)
+
+
+def test_online_option_switches_encoder_and_keeps_fingerprint() -> None:
+    from wsss_pl.classes import VOC
+    from wsss_pl.labeling.online import OnlinePseudoLabels
+
+    plain = OnlinePseudoLabels(detector="tiny", sam_checkpoint="tiny")
+    fast = OnlinePseudoLabels(detector="tiny", sam_checkpoint="tiny", sam_attention="sdpa")
+    assert fast.settings(VOC) == plain.settings(VOC)  # float rounding only: same cache
+    fast.vocabulary = VOC
+    labeler = fast.build_labeler()
+    assert all(type(b.attn) is SdpaAttention for b in labeler.segmenter.sam.image_encoder.blocks)

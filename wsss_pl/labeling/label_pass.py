@@ -202,6 +202,7 @@ class LabelingModule(pl.LightningModule):
         return rows
 
     def on_predict_epoch_end(self) -> None:
+        self.labels.flush()  # every label on disk before the pass reports it (raises a failure)
         self.scores = self.quality.compute()  # sums the confusion matrices of all ranks
         with self.quality.sync_context():
             self.totals = (self.quality.confmat.clone(), self.quality.pred_ignored.clone())

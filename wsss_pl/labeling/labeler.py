@@ -42,6 +42,7 @@ class LabelResult:
     metadata: dict[str, Any]
     missing_classes: list[str] = field(default_factory=list)
     num_unmatched_boxes: int = 0
+    masks: Tensor | None = None  # bool [N, H, W] when the labeler leaves RLE to the cache writer
 
 
 class PseudoLabeler(nn.Module):
@@ -86,6 +87,8 @@ class PseudoLabeler(nn.Module):
             vocabulary.label_id(k): frozenset(v) for k, v in (exclusion_words or {}).items()
         }
         self.exclusion_fill: ExclusionFill = exclusion_fill
+        # False: instances get "rle": None and the masks ride along for a background writer.
+        self.encode_masks = True
 
     @torch.no_grad()
     def forward(self, images: list[Tensor], present: list[list[str]]) -> list[LabelResult]:
@@ -160,7 +163,7 @@ class PseudoLabeler(nn.Module):
                 "phrase": phrase,
                 "score": round(float(score), 5),
                 "box": [round(float(v), 2) for v in box.tolist()],
-                "rle": encode_rle(mask),
+                "rle": encode_rle(mask) if self.encode_masks else None,
             }
             for class_id, phrase, score, box, mask in zip(
                 found.labels.tolist(), found.phrases, found.scores, found.boxes, masks, strict=True
@@ -175,4 +178,7 @@ class PseudoLabeler(nn.Module):
             "excluded_instances": removed.records,
             "num_unmatched_boxes": int(found.num_unmatched),
         }
-        return LabelResult(label.to(torch.uint8), metadata, missing, int(found.num_unmatched))
+        return LabelResult(
+            label.to(torch.uint8), metadata, missing, int(found.num_unmatched),
+            None if self.encode_masks else masks,
+        )  # fmt: skip

@@ -34,6 +34,7 @@ from wsss_pl.labeling.rules import (
     detector_input_size,
 )
 from wsss_pl.labeling.segmenters import SegmenterSpec
+from wsss_pl.labeling.writer import CacheWriter, to_cpu_once
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,13 @@ class OnlinePseudoLabels(LabelSource):
         precision: ``32`` (the paper) or ``bf16`` autocast for both models (much faster on
             recent GPUs; boxes and masks can differ slightly, so it is part of the fingerprint).
         download: fetch missing checkpoints (with checksums) when the machine has internet.
+        sam_attention: SAM image-encoder attention, ``original`` or ``sdpa`` (fused kernel, same
+            weights and math; fp32 embeddings agree to ~1e-5, i.e. float rounding, like another
+            GPU or kernel would give, so it is not part of the cache fingerprint).
+        sam_compile: ``torch.compile`` SAM's encoder blocks (speed only; not fingerprinted).
+        write_workers: threads that RLE-encode and write labels in the background
+            (``wsss_pl.labeling.writer``); 0 writes in the labelling thread. Flushed before an
+            epoch or the label pass ends and before a checkpoint (``FlushLabelWrites``).
     """
 
     def __init__(
@@ -150,6 +158,9 @@ class OnlinePseudoLabels(LabelSource):
         exclusion_words: dict[str, list[str]] | None = None,
         exclusion_fill: Literal["background", "ignore"] = "background",
         segmenter: SegmenterSpec | None = None,
+        sam_attention: Literal["original", "sdpa"] = "original",
+        sam_compile: bool = False,
+        write_workers: int = 2,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -180,6 +191,10 @@ class OnlinePseudoLabels(LabelSource):
         self.exclusion_words = exclusion_words
         self.exclusion_fill: Literal["background", "ignore"] = exclusion_fill
         self.segmenter = segmenter
+        self.sam_attention: Literal["original", "sdpa"] = sam_attention
+        self.sam_compile = sam_compile
+        self.write_workers = write_workers
+        self._writer: CacheWriter | None = None
         self.cache: PseudoLabelCache | None = None
         self.vocabulary: ClassVocabulary | None = None
         self._labeler: PseudoLabeler | None = None
@@ -300,6 +315,7 @@ class OnlinePseudoLabels(LabelSource):
         """Build the frozen models (CPU); called once, on first need."""
         from wsss_pl.labeling.grounding import GroundingDetector
         from wsss_pl.labeling.sam import SamSegmenter
+        from wsss_pl.labeling.sam_fast import compile_blocks, use_attention
         from wsss_pl.labeling.tiny import tiny_detector, tiny_segmenter
 
         thresholds = {
@@ -323,13 +339,23 @@ class OnlinePseudoLabels(LabelSource):
             "encoder_batch_size": 1 if self.batch_invariant else self.sam_encoder_batch_size,
             "image_resize": self.image_resize,
         }
+        fast = {"attention": self.sam_attention, "compile": self.sam_compile}
         if self.segmenter is not None:
             segmenter = self.segmenter.build(**sam_options)
+            if type(segmenter) is SamSegmenter:  # the fast path is for segment-anything's ViT
+                use_attention(segmenter.sam.image_encoder, self.sam_attention)
+                if self.sam_compile:
+                    compile_blocks(segmenter.sam.image_encoder)
+            elif self.sam_attention != "original" or self.sam_compile:
+                raise ValueError(
+                    "sam_attention / sam_compile apply to segment-anything SAM only, not to "
+                    f"{type(segmenter).__name__}; leave them at original / false"
+                )
         elif self.sam_checkpoint == TINY:
-            segmenter = tiny_segmenter(**sam_options)
+            segmenter = tiny_segmenter(**sam_options, **fast)
         else:
             segmenter = SamSegmenter.from_checkpoint(
-                self.sam_type, self._sam_weights()["path"], **sam_options
+                self.sam_type, self._sam_weights()["path"], **sam_options, **fast
             )
         assert self.vocabulary is not None
         return PseudoLabeler(
@@ -364,6 +390,11 @@ class OnlinePseudoLabels(LabelSource):
             self._labeler = self.build_labeler()
         return self._labeler.to(device)
 
+    def flush(self) -> None:
+        """Wait for the background writes; raise a failed one (``CacheError`` naming the file)."""
+        if self._writer is not None:
+            self._writer.flush()
+
     def label_batch(self, batch: dict[str, Any]) -> None:
         """Label the samples of ``batch`` that need it, store them, and fill ``batch["target"]``."""
         if self.cache is None or self.vocabulary is None:
@@ -377,11 +408,19 @@ class OnlinePseudoLabels(LabelSource):
         # An empty label set (allowed by the dataset: a background-only image) needs no prompt:
         # the labeler returns all background for it without running the models.
         device = batch["image"].device
+        labeler = self.labeler(device)
+        labeler.encode_masks = False  # RLE in the writer threads, from one CPU copy per batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            results = self.labeler(device)(images, present)
-        for i, (h, w), result in zip(rows, sizes, results, strict=True):
+            results = labeler(images, present)
+        if self._writer is None:
+            self._writer = CacheWriter(self.cache, workers=self.write_workers)
+        moved = to_cpu_once([t for r in results for t in (r.label, r.masks)])  # type: ignore[misc]
+        for k, (i, (h, w), result) in enumerate(zip(rows, sizes, results, strict=True)):
             sample_id = batch["id"][i]
-            self.cache.store(sample_id, result.label.cpu(), {"id": sample_id, **result.metadata})
+            label_cpu, masks_cpu = moved[2 * k], moved[2 * k + 1]
+            self._writer.submit(
+                sample_id, label_cpu, {"id": sample_id, **result.metadata}, masks_cpu
+            )
             batch["target"][i, :h, :w] = result.label.to(batch["target"].device)
             batch["needs_label"][i] = False
             self.missing_counts.update(result.missing_classes)
@@ -393,7 +432,7 @@ class OnlinePseudoLabels(LabelSource):
                     {
                         "id": sample_id,
                         "image": image,
-                        "label": result.label.cpu(),
+                        "label": label_cpu,
                         "gt": gt,
                         "metadata": result.metadata,
                     }
