@@ -158,6 +158,7 @@ def test_empty_label_set_gives_background_without_running_the_models(tmp_path: P
     batch = next(iter(data.train_dataloader()))
     batch["labels"][0] = 0  # a background-only image
     labels.label_batch(batch)
+    labels.flush()  # writes run in the background until flushed
     height, width = batch["size"][0].tolist()
     assert bool((batch["target"][0, :height, :width] == 0).all())
     assert labels.cache is not None
@@ -174,6 +175,7 @@ def test_cached_label_of_other_classes_is_made_again(tmp_path: Path) -> None:
     assert sample is not None and sample["target"] is None
     batch = collate_samples([sample])
     labels.label_batch(batch)
+    labels.flush()  # writes run in the background until flushed
     assert dataset[0]["target"] is not None  # type: ignore[index]  # now a cache hit
     # The image-level labels change (a corrected labels file): the cached label is stale.
     inner = dataset.dataset
@@ -316,6 +318,7 @@ def test_bf16_labelling_runs_and_is_fingerprinted(tmp_path: Path) -> None:
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     labels.label_batch(batch)
+    labels.flush()  # writes run in the background until flushed
     assert labels.images_labelled == 4 and not bool(batch["needs_label"].any())
     assert batch["target"].dtype == torch.uint8
     assert labels.cache is not None

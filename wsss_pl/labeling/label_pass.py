@@ -8,6 +8,7 @@ pseudo-labels are scored against the ground truth when the split has it (the pap
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import time
@@ -28,7 +29,7 @@ from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.label_sources import LabeledDataset
 from wsss_pl.diagnosis import ImageErrors, format_diagnosis, from_totals, log_wandb
-from wsss_pl.errors import DataError
+from wsss_pl.errors import CacheError, DataError
 from wsss_pl.evaluation import LabelEvaluation, format_table
 from wsss_pl.io import write_json
 from wsss_pl.labeling.online import OnlinePseudoLabels
@@ -260,7 +261,12 @@ def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
     trainer.callbacks.append(LabelProgress())
     module = LabelingModule(labels, ["background", *data.class_names])
     start = time.perf_counter()
-    trainer.predict(module, datamodule=data_for_pass, return_predictions=False)
+    try:
+        trainer.predict(module, datamodule=data_for_pass, return_predictions=False)
+    except BaseException:
+        with contextlib.suppress(CacheError):  # keep the labels already made; show the crash
+            labels.flush()
+        raise
     seconds = time.perf_counter() - start
     assert labels.cache is not None
     report = labels.cache.directory / "label_pass" / f"rank{trainer.global_rank}.json"
