@@ -412,6 +412,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--label-pass", action="store_true", help="label pass vs labeler forward (tiny models)"
     )
+    parser.add_argument(
+        "--label-pass-only", action="store_true", help="only the label-pass section"
+    )
     parser.add_argument("--label-pass-images", type=int, default=32)
     parser.add_argument("--label-pass-batch", type=int, default=8)
     parser.add_argument("--label-pass-workers", type=int, default=1)
@@ -441,6 +444,12 @@ def main() -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.label_pass_only:
+        print(
+            f"- torch {torch.__version__}, CPU threads {torch.get_num_threads()}, load {load_average()}"
+        )
+        label_pass_section(args, device)
+        return
     torch.manual_seed(args.seed)
     labeler = build_labeler(args.models, args.sam_type, args.seed).to(device)
     if args.detector_image_size:
