@@ -324,7 +324,7 @@ def label_pass_section(args: argparse.Namespace, device: torch.device) -> None:
         )
         labels = OnlinePseudoLabels(
             cache_root=f"{tmp}/cache", detector="tiny", sam_checkpoint="tiny",
-            sam_encoder_batch_size=batch,
+            sam_encoder_batch_size=batch, write_workers=args.write_workers,
         )  # fmt: skip
         data = WSSSDataModule(
             source, labels, batch_size=batch, num_workers=args.label_pass_workers,
@@ -357,7 +357,8 @@ def label_pass_section(args: argparse.Namespace, device: torch.device) -> None:
         stored = len(list(Path(labels.cache.directory).glob("*.png")))
     print(
         f"\n## Label pass vs the labeler's forward alone ({count} synthetic {height}x{width} "
-        f"images, batch {batch}, tiny models, {args.label_pass_workers} loader worker(s))\n"
+        f"images, batch {batch}, tiny models, {args.label_pass_workers} loader worker(s), "
+        f"{args.write_workers} writer thread(s))\n"
     )
     print("| what | s | images/s | ratio (forward / this) |")
     print("|---|---:|---:|---:|")
@@ -418,6 +419,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--label-pass-images", type=int, default=32)
     parser.add_argument("--label-pass-batch", type=int, default=8)
     parser.add_argument("--label-pass-workers", type=int, default=1)
+    parser.add_argument(
+        "--write-workers", type=int, default=2, help="label pass cache-writer threads (0: inline)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
