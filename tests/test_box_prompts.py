@@ -112,6 +112,7 @@ def test_real_coco_sample_boxes_and_labels(sample_data: Path, tmp_path: Path) ->
     assert crowd_ids
     batch = collate_samples([dataset[dataset.ids.index(i)] for i in crowd_ids])
     labels.label_batch(batch)
+    labels.flush()  # cache writes run in the background until flushed
     assert labels.cache is not None and sorted(labels.cache.ids()) == sorted(crowd_ids)
     for row, sample_id in enumerate(crowd_ids):
         metadata = labels.cache.load_metadata(sample_id)

@@ -99,6 +99,7 @@ def test_real_voc_image_with_tiny_models(sample_data: Path, tmp_path: Path) -> N
         assert f"{word} ." in caption.text
     batch = collate_samples([dataset[index]])
     excluding.label_batch(batch)
+    excluding.flush()  # cache writes run in the background until flushed
     metadata = excluding.cache.load_metadata("2011_003066")
     label = excluding.cache.load("2011_003066")
     assert metadata is not None and label is not None

@@ -82,6 +82,7 @@ def test_online_labels_with_a_pluggable_segmenter(tmp_path: Path) -> None:
     dataset = source.dataset("train")
     batch = collate_samples([dataset[0], dataset[1]])
     labels.label_batch(batch)
+    labels.flush()  # cache writes run in the background until flushed
     assert not bool(batch["needs_label"].any()) and len(labels.cache) == 2
     from wsss_pl.labeling.segmenters import HQSamSegmenter
 
