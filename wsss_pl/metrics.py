@@ -181,14 +181,28 @@ class ConfusionMatrix(Metric):
             dist_reduce_fx="sum",
         )
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
+    def update(
+        self,
+        preds: Tensor | None,
+        target: Tensor | None,
+        counts: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
         """Count one batch.
 
         Args:
             preds: int class ids [B, H, W] (``ignore_index`` allowed: a miss), or float
                 logits/probabilities [B, C, H, W] (argmax over C is taken).
             target: uint8 or int64 [B, H, W], ``ignore_index`` for pixels not to count.
+            counts: instead of preds/target, counts already made by ``count_labels``
+                (confmat [C, C], pred_ignored [C]), so a caller that needs per-image counts
+                anyway does not count every pixel twice.
         """
+        if counts is not None:
+            self.confmat += counts[0].to(self.confmat.device)
+            self.pred_ignored += counts[1].to(self.pred_ignored.device)
+            return
+        if preds is None or target is None:
+            raise ValueError("ConfusionMatrix.update needs preds and target, or counts")
         if preds.is_floating_point():
             if preds.ndim != target.ndim + 1 or preds.shape[1] != self.num_classes:
                 raise ValueError(

@@ -153,14 +153,14 @@ class LabelingModule(pl.LightningModule):
         if todo:
             self.labels.label_batch(batch)
             self.labelled_ids.extend(todo)
-        if bool(batch["has_gt"].any()):
-            self.quality.update(batch["target"][batch["has_gt"]], batch["gt"][batch["has_gt"]])
-            self.image_errors.update_batch(batch)
         self._record(batch)
         return len(todo)  # not None: Lightning warns about a None prediction on every call
 
     def _record(self, batch: dict[str, Any]) -> None:
+        """Per image: IoU, missed classes, review rows; pixels are counted once per image and
+        the counts feed the quality matrix and the per-class worst images too."""
         names = self.label_names
+        totals: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, sample_id in enumerate(batch["id"]):
             height, width = batch["size"][i].tolist()
             label = batch["target"][i, :height, :width]
@@ -172,6 +172,9 @@ class LabelingModule(pl.LightningModule):
             if bool(batch["has_gt"][i]):
                 gt = batch["gt"][i, :height, :width]
                 confmat, ignored = count_labels(label, gt, self.num_classes, IGNORE_INDEX)
+                totals.append((confmat, ignored))
+                confusion = torch.cat([confmat, ignored[:, None]], dim=1)
+                self.image_errors.add(sample_id, confusion.cpu().numpy())
                 per_class = iou_from_confusion(confmat, ignored)
                 if not bool(per_class.isnan().all()):
                     iou = float(per_class.nanmean())
@@ -191,6 +194,10 @@ class LabelingModule(pl.LightningModule):
             heapq.heappush(self._review, (key, len(self.records), row))
             if len(self._review) > self.num_review:
                 heapq.heappop(self._review)
+        if totals:
+            confmats, ignored_counts = zip(*totals, strict=True)
+            counts = (torch.stack(confmats).sum(0), torch.stack(ignored_counts).sum(0))
+            self.quality.update(None, None, counts=counts)
 
     def review_rows(self) -> list[dict[str, Any]]:
         """This rank's kept images, worst first, with their detections as boxes when cached."""
