@@ -156,17 +156,19 @@ class PseudoLabeler(nn.Module):
             label = mark_missing_classes(
                 label, [self.vocabulary.label_id(n) for n in missing], "ignore_background"
             )
+        # One device->host copy per tensor, not one per instance (each .item() is a sync).
+        scores, boxes = found.scores.tolist(), found.boxes.tolist()
         instances = [
             {
                 "label": int(class_id),
                 "class": self.vocabulary.class_names[int(class_id) - 1],
                 "phrase": phrase,
-                "score": round(float(score), 5),
-                "box": [round(float(v), 2) for v in box.tolist()],
+                "score": round(score, 5),
+                "box": [round(v, 2) for v in box],
                 "rle": encode_rle(mask) if self.encode_masks else None,
             }
             for class_id, phrase, score, box, mask in zip(
-                found.labels.tolist(), found.phrases, found.scores, found.boxes, masks, strict=True
+                found.labels.tolist(), found.phrases, scores, boxes, masks, strict=True
             )
         ]
         metadata = {
