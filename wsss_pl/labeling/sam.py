@@ -136,30 +136,31 @@ class SamSegmenter(nn.Module):
         """
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box tensors")
-        results: list[tuple[Tensor, Tensor]] = []
-        for image in images:
-            height, width = image.shape[-2:]
-            results.append(
-                (
-                    torch.zeros(0, height, width, dtype=torch.bool, device=self.device),
-                    torch.zeros(0, device=self.device),
-                )
-            )
+        results = empty_results(images, self.device)
         todo = [i for i, b in enumerate(boxes) if b.numel() > 0]
         dtype = self.sam.pixel_mean.dtype
         for start in range(0, len(todo), self.encoder_batch_size):
             batch = todo[start : start + self.encoder_batch_size]
             inputs = [self._input_image(images[i]) for i in batch]
             pixels = torch.stack([x for x, _ in inputs]).to(dtype)
-            embeddings = self.sam.image_encoder(pixels)
-            for i, embedding, (_, input_size) in zip(batch, embeddings, inputs, strict=True):
-                results[i] = self._decode(embedding[None], boxes[i], input_size, images[i])
+            encoded = self._encode(pixels)
+            for i, decoder_inputs, (_, input_size) in zip(batch, encoded, inputs, strict=True):
+                results[i] = self._decode(decoder_inputs, boxes[i], input_size, images[i])
         return results
 
+    def _encode(self, pixels: Tensor) -> list[dict[str, Any]]:
+        """The image encoder on a batch [B, 3, S, S]: per image, the mask decoder's image inputs
+        (here ``image_embeddings`` [1, C, h, w]; variants such as HQ-SAM add their own)."""
+        return [{"image_embeddings": e[None]} for e in self.sam.image_encoder(pixels)]
+
     def _decode(
-        self, embedding: Tensor, boxes: Tensor, input_size: tuple[int, int], image: Tensor
+        self,
+        decoder_inputs: dict[str, Any],
+        boxes: Tensor,
+        input_size: tuple[int, int],
+        image: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """One decoder call for all boxes [N, 4] of one image embedding [1, C, h, w]."""
+        """One decoder call for all boxes [N, 4] of one image's encoder output."""
         if boxes.dim() != 2 or boxes.shape[1] != 4:
             raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
         original_size = (int(image.shape[-2]), int(image.shape[-1]))
@@ -167,7 +168,7 @@ class SamSegmenter(nn.Module):
         prompt = prompt.to(self.sam.pixel_mean.dtype)
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompt, masks=None)
         low_res, iou = self.sam.mask_decoder(
-            image_embeddings=embedding,
+            **decoder_inputs,
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
@@ -175,3 +176,14 @@ class SamSegmenter(nn.Module):
         )
         logits = self.sam.postprocess_masks(low_res.float(), input_size, original_size)
         return logits[:, 0] > self.sam.mask_threshold, iou[:, 0].float()
+
+
+def empty_results(images: list[Tensor], device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """Per image ``(masks bool [0, H_i, W_i], scores float32 [0])``: the answer for no boxes."""
+    return [
+        (
+            torch.zeros(0, *image.shape[-2:], dtype=torch.bool, device=device),
+            torch.zeros(0, device=device),
+        )
+        for image in images
+    ]

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.sam import SamSegmenter
+from wsss_pl.labeling.sam import SamSegmenter, empty_results
 
 TINY = "tiny"
 ImageResize = Literal["pil", "tensor"]
@@ -92,59 +92,18 @@ class HQSamSegmenter(SamSegmenter):
     ) -> None:
         super().__init__(sam, encoder_batch_size, image_resize)  # type: ignore[arg-type]
 
-    @torch.no_grad()
-    def forward(self, images: list[Tensor], boxes: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
-        """See ``SamSegmenter.forward``: masks bool [N_i, H_i, W_i], scores float32 [N_i]."""
-        if len(images) != len(boxes):
-            raise ValueError(f"{len(images)} images but {len(boxes)} box tensors")
-        results: list[tuple[Tensor, Tensor]] = [
-            (
-                torch.zeros(0, *image.shape[-2:], dtype=torch.bool, device=self.device),
-                torch.zeros(0, device=self.device),
-            )
-            for image in images
+    def _encode(self, pixels: Tensor) -> list[dict[str, Any]]:
+        """HQ-SAM's encoder also returns early ViT features, which its decoder takes per image."""
+        embeddings, interm = self.sam.image_encoder(pixels)
+        return [
+            {
+                "image_embeddings": embeddings[k : k + 1],
+                "hq_token_only": False,
+                # after the first global block, in the package's layout [1, 1, h, w, C]
+                "interm_embeddings": interm[0][k : k + 1][None],
+            }
+            for k in range(embeddings.shape[0])
         ]
-        todo = [i for i, b in enumerate(boxes) if b.numel() > 0]
-        dtype = self.sam.pixel_mean.dtype
-        for start in range(0, len(todo), self.encoder_batch_size):
-            batch = todo[start : start + self.encoder_batch_size]
-            inputs = [self._input_image(images[i]) for i in batch]
-            embeddings, interm = self.sam.image_encoder(
-                torch.stack([x for x, _ in inputs]).to(dtype)
-            )
-            for k, (i, (_, size)) in enumerate(zip(batch, inputs, strict=True)):
-                early = interm[0][k : k + 1]  # [1, h, w, C] after the first global block
-                results[i] = self._decode_hq(
-                    embeddings[k : k + 1], early, boxes[i], size, images[i]
-                )
-        return results
-
-    def _decode_hq(
-        self,
-        embedding: Tensor,
-        early: Tensor,
-        boxes: Tensor,
-        input_size: tuple[int, int],
-        image: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        if boxes.dim() != 2 or boxes.shape[1] != 4:
-            raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
-        original_size = (int(image.shape[-2]), int(image.shape[-1]))
-        prompt = self.resize.apply_boxes_torch(boxes.to(self.device), original_size)
-        sparse, dense = self.sam.prompt_encoder(
-            points=None, boxes=prompt.to(self.sam.pixel_mean.dtype), masks=None
-        )
-        low_res, iou = self.sam.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.sam.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-            hq_token_only=False,
-            interm_embeddings=early[None],  # the package's layout: [1, 1, h, w, C]
-        )
-        logits = self.sam.postprocess_masks(low_res.float(), input_size, original_size)
-        return logits[:, 0] > self.sam.mask_threshold, iou[:, 0].float()
 
 
 def tiny_hq_sam(seed: int = 0) -> nn.Module:
@@ -268,13 +227,7 @@ class Sam2Segmenter(nn.Module):
         """Same contract as ``SamSegmenter.forward``."""
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box tensors")
-        results: list[tuple[Tensor, Tensor]] = [
-            (
-                torch.zeros(0, *image.shape[-2:], dtype=torch.bool, device=self.device),
-                torch.zeros(0, device=self.device),
-            )
-            for image in images
-        ]
+        results = empty_results(images, self.device)
         todo = [i for i, b in enumerate(boxes) if b.numel() > 0]
         dtype = next(self.model.parameters()).dtype
         for start in range(0, len(todo), self.encoder_batch_size):
