@@ -17,50 +17,18 @@ import argparse
 import contextlib
 import statistics
 import time
-from functools import partial
 
 import torch
 from bench_common import load_average, synchronize
 from segment_anything import sam_model_registry
 from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
     Sam,
-    TwoWayTransformer,
 )
 from segment_anything.modeling.image_encoder import Attention
 
 from wsss_pl.labeling.sam import SamSegmenter
 from wsss_pl.labeling.sam_fast import compile_blocks, use_attention
-
-
-def vit_b_small(img_size: int) -> Sam:
-    """SAM ViT-B's architecture at a small input size (for CPU runs)."""
-    grid = img_size // 16
-    return Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=img_size,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            out_chans=256,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            use_rel_pos=True,
-            window_size=14,
-            global_attn_indexes=(2, 5, 8, 11),
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=256,
-            image_embedding_size=(grid, grid),
-            input_image_size=(img_size, img_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            transformer_dim=256,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048),
-        ),
-    )
+from wsss_pl.labeling.tiny import vit_b_shaped_sam
 
 
 def build(args: argparse.Namespace) -> Sam:
@@ -70,7 +38,7 @@ def build(args: argparse.Namespace) -> Sam:
     else:
         if args.sam_type != "vit_b":
             raise SystemExit("--image-size other than 1024 is only built for --sam-type vit_b")
-        sam = vit_b_small(args.image_size)
+        sam = vit_b_shaped_sam(args.image_size)
     # Random weights leave the relative-position tables at zero: give them trained-like values.
     for module in sam.image_encoder.modules():
         if isinstance(module, Attention) and module.use_rel_pos:
@@ -132,7 +100,7 @@ def main() -> None:
         with torch.no_grad(), autocast():
             embeddings = encoder(pixels).float()  # warm-up (compiles) and the compared output
             masks = [
-                segmenter._decode(e[None], b, size, i)[0]
+                segmenter._decode({"image_embeddings": e[None]}, b, size, i)[0]
                 for e, b, (_, size), i in zip(embeddings, boxes, inputs, images, strict=True)
             ]
             times = []

@@ -2,70 +2,17 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
 from segment_anything.modeling.image_encoder import Attention
 
 from wsss_pl.labeling.sam import SamSegmenter
 from wsss_pl.labeling.sam_fast import SdpaAttention, use_attention
+from wsss_pl.labeling.tiny import vit_b_shaped_sam
 
 # fp32: the fused kernel sums in another order; ViT-B's 12 blocks amplify that to ~1e-5.
 EMBEDDING_ATOL = 1e-4
 MASK_AGREEMENT = 0.999
-
-
-def vit_b_shaped_sam(img_size: int = 256, seed: int = 0) -> Sam:
-    """SAM ViT-B's architecture (width 768, 12 blocks, 12 heads, window 14, global blocks
-    2/5/8/11, 256-wide neck and decoder) at a small input size, random weights; the relative
-    position tables get random values (they are zero-initialised, which would test nothing)."""
-    grid = img_size // 16
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=img_size,
-                patch_size=16,
-                embed_dim=768,
-                depth=12,
-                num_heads=12,
-                mlp_ratio=4.0,
-                out_chans=256,
-                qkv_bias=True,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True,
-                window_size=14,
-                global_attn_indexes=(2, 5, 8, 11),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=256,
-                image_embedding_size=(grid, grid),
-                input_image_size=(img_size, img_size),
-                mask_in_chans=16,
-            ),
-            mask_decoder=MaskDecoder(
-                transformer_dim=256,
-                transformer=TwoWayTransformer(
-                    depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048
-                ),
-                num_multimask_outputs=3,
-                iou_head_depth=3,
-                iou_head_hidden_dim=256,
-            ),
-        )
-        for module in sam.image_encoder.modules():
-            if isinstance(module, Attention):
-                torch.nn.init.normal_(module.rel_pos_h, std=0.5)
-                torch.nn.init.normal_(module.rel_pos_w, std=0.5)
-    return sam.eval()
 
 
 def test_switch_keeps_state_dict_and_is_reversible() -> None:

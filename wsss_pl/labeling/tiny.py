@@ -106,6 +106,46 @@ def tiny_sam(seed: int = 0) -> Sam:
     return sam.eval()
 
 
+def vit_b_shaped_sam(img_size: int = 256, seed: int = 0, rel_pos_std: float = 0.5) -> Sam:
+    """SAM ViT-B's architecture (width 768, 12 blocks, 12 heads, window 14, global blocks
+    2/5/8/11, 256-wide neck and decoder) at a small input size, random weights. The relative
+    position tables, zero-initialised by segment-anything, get normal(0, ``rel_pos_std``) values
+    so that code handling them is really exercised (0 keeps them zero)."""
+    grid = img_size // 16
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sam = Sam(
+            image_encoder=ImageEncoderViT(
+                img_size=img_size,
+                embed_dim=768,
+                depth=12,
+                num_heads=12,
+                out_chans=256,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                use_rel_pos=True,
+                window_size=14,
+                global_attn_indexes=(2, 5, 8, 11),
+            ),
+            prompt_encoder=PromptEncoder(
+                embed_dim=256,
+                image_embedding_size=(grid, grid),
+                input_image_size=(img_size, img_size),
+                mask_in_chans=16,
+            ),
+            mask_decoder=MaskDecoder(
+                transformer_dim=256,
+                transformer=TwoWayTransformer(
+                    depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048
+                ),
+            ),
+        )
+        if rel_pos_std > 0:
+            for block in sam.image_encoder.blocks:
+                torch.nn.init.normal_(block.attn.rel_pos_h, std=rel_pos_std)
+                torch.nn.init.normal_(block.attn.rel_pos_w, std=rel_pos_std)
+    return sam.eval()
+
+
 def tiny_detector(seed: int = 0, **kwargs: Any) -> GroundingDetector:
     """``GroundingDetector`` around ``tiny_grounding_dino(seed)`` and the offline BERT tokenizer.
 
