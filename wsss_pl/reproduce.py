@@ -260,37 +260,45 @@ class Reproduction:
         return base
 
     def score(self) -> None:
-        """Pseudo-label mIoU on the WSSS splits (VOC); COCO's comes from the label pass report."""
+        """Pseudo-label mIoU as WSSS papers report it.
+
+        The label pass already scored its whole training split (VOC train_aug, COCO train) and
+        wrote ``label_pass/quality.json``; VOC's ``train`` (1,464 ids, a subset of train_aug) is
+        scored here from the cached PNGs.
+        """
         cache = self.cache_dir()
-        if self.dataset == "coco":
-            quality = cache / "label_pass" / "quality.json"
-            if quality.is_file():
-                self.results["pseudo_train"] = json.loads(quality.read_text())["miou"] * 100
-            return
+        quality = cache / "label_pass" / "quality.json"
+        key = "pseudo_train" if self.dataset == "coco" else "pseudo_train_aug"
+        if quality.is_file():
+            self.results[key] = json.loads(quality.read_text())["miou"] * 100
+        else:
+            print(f"[reproduce] score: {quality} missing (rerun the label stage): {key} skipped")
+        if self.dataset == "voc":
+            self._score_voc_train(cache)
+        self._save_partial()
+
+    def _score_voc_train(self, cache: Path) -> None:
         from wsss_pl.data.voc import read_id_list, resolve_split
         from wsss_pl.evaluation import evaluate_label_dirs
 
         base = self._data_base()
-        gt_candidates = [base / "SegmentationClassAug", base.parent / "SegmentationClassAug"]
-        gt_candidates.append(base / "VOC2012" / "SegmentationClass")
-        splits = {"pseudo_train": "train", "pseudo_train_aug": "train_aug"}
-        if self.dry_run:
-            splits = {"pseudo_train": "train", "pseudo_train_aug": "train"}
-        for key, split in splits.items():
-            ids = read_id_list(resolve_split(split, base, base))
-            gt_dir = next(
-                (d for d in gt_candidates if d.is_dir() and (d / f"{ids[0]}.png").is_file()), None
-            )
-            if gt_dir is None:
-                print(f"[reproduce] score: no ground truth for split {split}: skipped")
-                continue
-            result = evaluate_label_dirs(cache, gt_dir, 21, ids=ids, missing_as_background=True)
-            self.results[key] = result.miou * 100
-            print(
-                f"[reproduce] score: pseudo-labels on {split} ({len(ids)} ids): "
-                f"{result.miou * 100:.2f} mIoU"
-            )
-        self._save_partial()
+        ids = read_id_list(resolve_split("train", base, base))
+        gt_candidates = [
+            base / "SegmentationClassAug",
+            base.parent / "SegmentationClassAug",
+            base / "VOC2012" / "SegmentationClass",
+        ]
+        gt_dir = next(
+            (d for d in gt_candidates if d.is_dir() and (d / f"{ids[0]}.png").is_file()), None
+        )
+        if gt_dir is None:
+            print("[reproduce] score: no ground truth for split train: skipped")
+            return
+        result = evaluate_label_dirs(cache, gt_dir, 21, ids=ids, missing_as_background=True)
+        self.results["pseudo_train"] = result.miou * 100
+        print(
+            f"[reproduce] score: pseudo-labels on train ({len(ids)} ids): {result.miou * 100:.2f} mIoU"
+        )
 
     def best_checkpoint(self) -> Path:
         """The checkpoint of the best val/mIoU (from its file name), else ``last.ckpt``."""
