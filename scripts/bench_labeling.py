@@ -1,8 +1,13 @@
 """Benchmark the PseudoLabeler (Grounding DINO + SAM): labelling throughput in images/s.
 
-Rows, all in one process on the same synthetic images:
-- baseline: one image per call (detector then SAM per image, the public Grounded-SAM way);
-- batched calls of 2/4/8 images (``PseudoLabeler`` over a list; SAM's encoder batch = the call);
+Rows, all in one process on the same images (``batch_mode``, ``wsss_pl.labeling.invariance``):
+- baseline: ``per_image``, one image per call (detector then SAM per image, the released way);
+- ``fixed`` B: calls of B images, every detector forward exactly B rows of one shape and every SAM
+  encoder forward exactly B images (zero-padded), captions padded to 256 tokens: the default,
+  whose labels are bit-identical whatever the batch;
+- ``free`` B: calls of B images, same-shape images batched as they come, nothing padded (labels
+  may change in the last bits with the batch mates);
+  the last column is the share of label pixels identical to the per-image baseline's;
 - with ``--bf16``: the same under ``torch.autocast(dtype=bfloat16)``; a failure is reported as a
   row, the wrappers are not patched.
 - with ``--fast``: the fast path, SAM's encoder with SDPA attention (``sam_attention: sdpa``) under
@@ -124,6 +129,34 @@ def make_inputs(
     return images, present
 
 
+def sample_inputs(root: str, device: torch.device) -> tuple[list[Tensor], list[list[str]]]:
+    """The real samples: 3 VOC train images (image_labels.json) and 14 VOC val 513x513 crops
+    (their manifest's classes), uint8 [3, H, W] with their image-level VOC class names."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    base = Path(root)
+    names = list(VOC.class_names)
+    labels = json.loads((base / "voc_sample/image_labels.json").read_text())
+    items = [
+        (path, labels[path.stem])
+        for path in sorted((base / "voc_sample/VOC2012/JPEGImages").glob("*.jpg"))
+    ]
+    for entry in json.loads((base / "voc_val_crops/manifest.json").read_text()):
+        path = base / "voc_val_crops/images" / f"{entry['id']}.jpg"
+        if not path.is_file():
+            path = next((base / "voc_val_crops/images").glob(f"{entry['id']}.*"))
+        items.append((path, [names[c - 1] for c in entry["classes"]]))
+    images = [
+        torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)
+        for p, _ in items
+    ]
+    return [image.to(device) for image in images], [sorted(c, key=names.index) for _, c in items]
+
+
 class LogitTemperature:
     """Forward hook dividing Grounding DINO's contrastive (image x token) logits by a constant.
 
@@ -185,6 +218,18 @@ def calibrate_box_threshold(
 # --- timing ---------------------------------------------------------------------------------
 
 
+def set_batch_mode(labeler: PseudoLabeler, mode: str, batch: int, encoder_batch: int) -> None:
+    """Switch the labeler's batching in place (same weights): ``per_image``, ``fixed`` or ``free``."""
+    from wsss_pl.labeling.invariance import per_image_bi_attention
+
+    detector, segmenter = labeler.detector, labeler.segmenter
+    detector.batch_mode, detector.batch_size = mode, batch
+    if mode == "fixed":
+        per_image_bi_attention(detector.model)  # idempotent; the identity at batch 1
+    segmenter.fixed_batch = mode == "fixed"
+    segmenter.encoder_batch_size = 1 if mode == "per_image" else encoder_batch or batch
+
+
 def label_all(
     labeler: PseudoLabeler,
     images: list[Tensor],
@@ -209,7 +254,6 @@ def measure(
     config: str,
     autocast: Callable[[], contextlib.AbstractContextManager[None]],
 ) -> Row:
-    labeler.segmenter.encoder_batch_size = args.encoder_batch_size or batch
     for _ in range(args.warmup):  # warm-up calls of this batch size (kernels, allocator, caches)
         label_all(labeler, images[:batch], present[:batch], batch, autocast)
     synchronize(device)
@@ -324,7 +368,8 @@ def label_pass_section(args: argparse.Namespace, device: torch.device) -> None:
         )
         labels = OnlinePseudoLabels(
             cache_root=f"{tmp}/cache", detector="tiny", sam_checkpoint="tiny",
-            sam_encoder_batch_size=batch, write_workers=args.write_workers,
+            sam_encoder_batch_size=batch, detector_batch_size=batch,
+            write_workers=args.write_workers,
         )  # fmt: skip
         data = WSSSDataModule(
             source, labels, batch_size=batch, num_workers=args.label_pass_workers,
@@ -423,6 +468,9 @@ def parse_args() -> argparse.Namespace:
         "--write-workers", type=int, default=2, help="label pass cache-writer threads (0: inline)"
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument(
+        "--sample-data", default="", help="label the real samples in this folder (shared/data)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--quick", action="store_true", help="tiny models, 8 images, 1 warm-up, 3 repeats"
@@ -460,9 +508,13 @@ def main() -> None:
         labeler.detector.image_size = args.detector_image_size
         labeler.detector.max_size = round(args.detector_image_size * 1333 / 800)
     height, width = args.image_size
-    images, present = make_inputs(
-        args.num_images, height, width, args.portrait_fraction, args.seed, device
-    )
+    if args.sample_data:
+        images, present = sample_inputs(args.sample_data, device)
+        args.num_images = len(images)
+    else:
+        images, present = make_inputs(
+            args.num_images, height, width, args.portrait_fraction, args.seed, device
+        )
     note = "paper thresholds"
     if args.boxes_per_image > 0:
         scale = add_logit_temperature(labeler, images, present)
@@ -484,7 +536,9 @@ def main() -> None:
         f"{count_parameters(labeler.segmenter):.1f} M params"
     )
     print(
-        f"- {args.num_images} images {height}x{width} (portrait share {args.portrait_fraction}), "
+        f"- {args.num_images} images "
+        + (f"from {args.sample_data}" if args.sample_data else f"{height}x{width}")
+        + f" (portrait share {args.portrait_fraction}), "
         f"{sum(map(len, present)) / len(present):.2f} classes/image; {note}; "
         f"warm-up {args.warmup} calls, median of {args.repeats} passes\n"
     )
@@ -494,11 +548,18 @@ def main() -> None:
     def bf16() -> contextlib.AbstractContextManager[None]:
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
-    rows = [measure(labeler, images, present, 1, args, device, "fp32, 1 image/call", plain)]
+    encoder_batch = args.encoder_batch_size
+    set_batch_mode(labeler, "per_image", 1, encoder_batch)
+    rows = [measure(labeler, images, present, 1, args, device, "fp32 per_image", plain)]
     for batch in args.batch_sizes:
-        rows.append(measure(labeler, images, present, batch, args, device, "fp32 batched", plain))
+        for mode in ("fixed", "free"):
+            set_batch_mode(labeler, mode, batch, encoder_batch)
+            config = f"fp32 {mode} B={batch}"
+            rows.append(measure(labeler, images, present, batch, args, device, config, plain))
+    set_batch_mode(labeler, "fixed", max(args.batch_sizes, default=1), encoder_batch)
     if args.bf16:
         for batch in [1, *args.batch_sizes]:
+            set_batch_mode(labeler, "fixed", batch, encoder_batch)
             config = "bf16 autocast" + (", 1 image/call" if batch == 1 else " batched")
             try:
                 rows.append(measure(labeler, images, present, batch, args, device, config, bf16))
@@ -515,6 +576,7 @@ def main() -> None:
             if compiled:
                 compile_blocks(labeler.segmenter.sam.image_encoder)
             for batch in [1, *args.batch_sizes]:
+                set_batch_mode(labeler, "fixed", batch, encoder_batch)
                 try:
                     rows.append(
                         measure(labeler, images, present, batch, args, device, config, bf16)

@@ -79,7 +79,12 @@ if [ "$HAS_CUDA" = "1" ]; then
     "$PY" -m pytest -q -m cuda --timeout 170 -p no:cacheprovider tests/test_cuda.py tests/test_sam_fast.py
   step "SAM image encoder: original vs sdpa, fp32 vs bf16 (ViT-H, 1024 px, batch 8)" 90 \
     "$PY" scripts/bench_sam_fast.py --device cuda --sam-type vit_h --batch 8 --compile
-  step "Labeler: fp32 one image per call vs bf16 + sdpa batched (Swin-T + ViT-H, random)" 210 \
+  step "Batch invariance on CUDA: label bytes in two processes, sorted vs shuffled (Swin-T + ViT-H, random, fp32 + bf16)" 240 \
+    bash -c "for p in 32 bf16; do \
+      '$PY' scripts/check_invariance.py --device cuda --models real-size-random --precision \$p --num-images 24 --call-size 4 --out '$DIR'/inv_\${p}_a.json && \
+      '$PY' scripts/check_invariance.py --device cuda --models real-size-random --precision \$p --num-images 24 --call-size 7 --order shuffled --out '$DIR'/inv_\${p}_b.json && \
+      '$PY' scripts/check_invariance.py --compare '$DIR'/inv_\${p}_a.json '$DIR'/inv_\${p}_b.json || exit 1; done"
+  step "Labeler: per_image vs fixed-B vs free batching, fp32 + bf16/sdpa (Swin-T + ViT-H, random)" 210 \
     "$PY" scripts/bench_labeling.py --device cuda --models real-size-random --sam-type vit_h \
     --num-images 32 --batch-sizes 4 8 16 --fast --repeats 2 --warmup 1
   step "DeepLab-v2 training step and Lightning overhead (R101, batch 10, crop 321)" 100 \
@@ -88,6 +93,7 @@ if [ "$HAS_CUDA" = "1" ]; then
 else
   skip "CUDA tests (pytest -m cuda)"
   skip "SAM image encoder benchmark on CUDA"
+  skip "Batch invariance on CUDA (two processes, fp32 + bf16)"
   skip "Labeler benchmark on CUDA (Swin-T + ViT-H)"
   skip "Train-step benchmark on CUDA"
 fi

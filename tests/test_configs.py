@@ -48,7 +48,7 @@ def test_main_configs_run_the_paper(name: str) -> None:
     assert args["merge_policy"] == "paper" and args["conflict"] == "keep"
     assert args["missing_class_policy"] == "leave"
     assert args["precision"] == "32"
-    assert args["preset"] == "paper" and args["batch_invariant"] is True
+    assert args["preset"] == "paper" and args["batch_mode"] == "fixed"
     net = config["model"]["net"]["init_args"]
     assert config["model"]["net"]["class_path"] == "wsss_pl.models.deeplab_v2.DeepLabV2"
     assert (net["backbone"], net["output_stride"], net["atrous_rates"]) == (

@@ -22,6 +22,6 @@ def test_gpu_check_without_cuda_writes_report_with_skips(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "CUDA device: none" in report
-    assert report.count("SKIPPED (no CUDA device)") == 4
+    assert report.count("SKIPPED (no CUDA device)") == 5
     assert report.rstrip().endswith("Overall: OK")
     assert not (tmp_path / "unused").exists()  # the argument wins over $OUT

@@ -119,7 +119,10 @@ def test_empty_class_list_skips_the_model(detector, images, monkeypatch) -> None
     assert log.calls == []
     assert all(len(d) == 0 and d.boxes.shape == (0, 4) for d in results)
     results = detector(images, [[], ["cat"]], VOC, box_threshold=0.0)
-    assert [size for size, _ in log.calls] == [1]  # only the image with a class
+    # One forward for the image with a class, filled to the fixed batch with neutral captions.
+    assert [size for size, _ in log.calls] == [detector.batch_size]
+    decoded = [detector.tokenizer.decode(ids, skip_special_tokens=True) for ids in log.calls[0][1]]
+    assert decoded == ["cat."] + ["."] * (detector.batch_size - 1)
     assert len(results[0]) == 0 and len(results[1]) + results[1].num_unmatched == NUM_QUERIES
 
 
@@ -130,7 +133,7 @@ def test_long_class_lists_run_once_per_caption_chunk(detector, images, monkeypat
         max_text_tokens=12,
         image_size=256,
         max_size=427,
-        batch_invariant=False,
+        batch_mode="free",
     )
     log = CallLog(detector.model)
     monkeypatch.setattr(small, "model", log)
@@ -145,7 +148,7 @@ def test_long_class_lists_run_once_per_caption_chunk(detector, images, monkeypat
     ]
     small(images, present, VOC, box_threshold=0.0)  # other shapes are never batched together
     assert [size for size, _ in log.calls[2:]] == [1, 1, 1]
-    small.batch_invariant = True  # every image alone
+    small.batch_mode = "per_image"  # every image alone
     small(same_shape, present, VOC, box_threshold=0.0)
     assert [size for size, _ in log.calls[5:]] == [1, 1, 1]
     assert decoded == ["dog. horse. halter. saddle.", "cat.", "sofa."]

@@ -271,7 +271,9 @@ def detect_both_ways(
     caption = build_captions(VOC, present, tokenizer)[0]
     inputs, outputs = official(processor, model, image, caption)
     thresholds = calibrate(outputs, inputs["input_ids"].shape[1])
-    detector = GroundingDetector(model, tokenizer, *thresholds, image_size=800, max_size=1333)
+    detector = GroundingDetector(
+        model, tokenizer, *thresholds, image_size=800, max_size=1333, batch_mode="per_image"
+    )  # the processor's call: one image, caption padded to its own length
     (ours,) = detector([as_tensor(image)], [present], VOC)
     return compare(
         ours, processor, inputs, outputs, caption, present, tokenizer, thresholds, image.shape[:2]

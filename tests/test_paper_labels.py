@@ -256,6 +256,7 @@ def test_paper_detections_match_the_released_pipeline(sample_data, model, tokeni
             phrase_rule="argmax_word",
             image_resize="pil",
             clip_boxes=False,
+            batch_mode="per_image",  # the released one-image, unpadded-caption call
         )
         (ours,) = detector([as_tensor(image)], [present], vocabulary)
         assert ours.labels.tolist() == [e for e in expected if e]
@@ -351,5 +352,5 @@ def test_same_shape_batching_sorts_the_pass_by_shape(tmp_path, sample_data, monk
         return original(self, pixel_values, pixel_mask, captions)
 
     monkeypatch.setattr(Detector, "_run", logged)
-    _label_pass(root, tmp_path / "b8", 8, batch_invariant=False)
+    _label_pass(root, tmp_path / "b8", 8, batch_mode="free")
     assert max(calls) >= 2 and sum(calls) == 6  # same-shape images ran together

@@ -93,6 +93,7 @@ class WSSSDataModule(pl.LightningDataModule):
         # Only training needs its labels: validate/test/predict never touch the labeler's weights.
         trainer = self.trainer
         if trainer is None or trainer.state.fn == TrainerFn.FITTING:
+            self.bind_label_device()
             self.train_labels.prepare_data(self.source)
 
     def setup(self, stage: str) -> None:
@@ -103,6 +104,7 @@ class WSSSDataModule(pl.LightningDataModule):
             "predict": ("predict",),
         }
         if stage == "fit":
+            self.bind_label_device()
             self.train_labels.setup(self.source)
             # Reproducible with seed_everything, and different on every rank.
             rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -113,6 +115,12 @@ class WSSSDataModule(pl.LightningDataModule):
                 loader = self.train_labels.loader() if split == "train" else None
                 self.datasets[split] = LabeledDataset(dataset, loader)
                 log.info("%s split: %d images", split, len(dataset))
+
+    def bind_label_device(self, trainer: pl.Trainer | None = None) -> None:
+        """Tell the training-label source which device will label (part of its fingerprint)."""
+        trainer = trainer or self.trainer
+        if trainer is not None:
+            self.train_labels.bind_device(trainer.strategy.root_device)
 
     def _loader(self, split: Stage, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = self.datasets[split]

@@ -35,6 +35,10 @@ class LabelSource(ABC):
     def setup(self, source: DatasetSource) -> None:  # noqa: B027 - optional hook
         """Per-rank setup once the dataset source is known."""
 
+    def bind_device(self, device: torch.device) -> None:  # noqa: B027 - optional hook
+        """The device that will make labels (a source that makes them fingerprints it); called
+        before ``prepare_data`` / ``setup``."""
+
     @abstractmethod
     def loader(self) -> TargetLoader:
         """A picklable callable: sample -> uint8 [H, W] target or None (label on the device)."""

@@ -37,6 +37,7 @@ from wsss_pl.data.base import DatasetSource
 from wsss_pl.errors import CorruptFileError, DataError, UnknownClassError
 from wsss_pl.io import read_json
 from wsss_pl.labeling.cache import encode_rle
+from wsss_pl.labeling.invariance import BatchMode
 from wsss_pl.labeling.labeler import LabelResult
 from wsss_pl.labeling.merge import (
     ConflictPolicy,
@@ -373,7 +374,10 @@ class BoxPromptLabels(OnlinePseudoLabels):
         sam_type, sam_checkpoint, sam_encoder_batch_size, precision, download, segmenter: as
             ``OnlinePseudoLabels`` (``segmenter`` picks HQ-SAM etc. instead of SAM).
         image_resize: SAM input resize, ``pil`` (as ``SamPredictor.set_image``) or ``tensor``.
-        batch_invariant: encode every image alone (labels independent of the batch).
+        batch_mode: ``fixed`` (default): the SAM encoder runs exactly
+            ``sam_encoder_batch_size`` images per forward (bit-identical labels whatever the
+            batch); ``per_image``: every image alone; ``free``: batched as they come.
+        cpu_threads: intra-op threads while labelling on a CPU (the thread count changes bits).
         merge_policy, conflict: as ``merge_instances`` (``score`` = SAM's predicted IoU).
         missing_class_policy: ``leave`` or ``ignore_background`` for an image-level class
             without a box.
@@ -395,7 +399,8 @@ class BoxPromptLabels(OnlinePseudoLabels):
         download: bool = True,
         segmenter: SegmenterSpec | None = None,
         image_resize: Literal["pil", "tensor"] = "pil",
-        batch_invariant: bool = True,
+        batch_mode: BatchMode = "fixed",
+        cpu_threads: int = 1,
     ) -> None:
         if missing_class_policy not in ("leave", "ignore_background"):
             raise ValueError(
@@ -417,7 +422,8 @@ class BoxPromptLabels(OnlinePseudoLabels):
             download=download,
             segmenter=segmenter,
             image_resize=image_resize,
-            batch_invariant=batch_invariant,
+            batch_mode=batch_mode,
+            cpu_threads=cpu_threads,
         )
         self.box_file = box_file
         self.include_difficult = include_difficult
@@ -511,7 +517,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             "sam": {k: v for k, v in sam.items() if k != "path"},
             "precision": self.precision,
             "image_resize": self.image_resize,
-            "batch_invariant": self.batch_invariant,
+            **self._batch_settings(),
             "classes": list(vocabulary.class_names),
             "merge_policy": self.merge_policy,
             "conflict": self.conflict,
@@ -531,7 +537,9 @@ class BoxPromptLabels(OnlinePseudoLabels):
         from wsss_pl.labeling.tiny import tiny_segmenter
 
         options = {
-            "encoder_batch_size": 1 if self.batch_invariant else self.sam_encoder_batch_size,
+            "encoder_batch_size": 1
+            if self.batch_mode == "per_image"
+            else self.sam_encoder_batch_size,
             "image_resize": self.image_resize,
         }
         if self.segmenter is not None:
@@ -542,6 +550,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             segmenter = SamSegmenter.from_checkpoint(
                 self.sam_type, self._sam_weights()["path"], **options
             )
+        segmenter.fixed_batch = self.batch_mode == "fixed"
         assert self.vocabulary is not None
         return BoxLabeler(
             segmenter,

@@ -18,6 +18,7 @@ from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBas
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from wsss_pl.errors import WeightsError
+from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode, per_image_bi_attention
 from wsss_pl.labeling.prompt import (
     Caption,
     assign_boxes_by_argmax_word,
@@ -27,6 +28,8 @@ from wsss_pl.labeling.prompt import (
 from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule, detector_input_size
 from wsss_pl.labeling.tokenizer import bert_tokenizer
 from wsss_pl.weights import resolve_hub_model, unsafe_pickle_error
+
+NEUTRAL_CAPTION = "."  # the caption of the zero images that fill a fixed-size detector batch
 
 
 @dataclass
@@ -78,13 +81,17 @@ class GroundingDetector(nn.Module):
         ``tensor``: transformers' Grounding DINO processor on the image's device (torchvision's
         uint8 resize, float target size), as wsss_pl did before the paper preset.
 
-    Batching: with ``batch_invariant`` (default) every image runs alone, unpadded, so its boxes
-    are bit-for-bit those of a batch of one whatever the batch, GPU count or backend (batched
-    matrix products differ from batch-1 ones in the last bits: measured on CPU with the tiny
-    model, scores moved by 5e-7 at batch 8 even among same-size images). Without it, images of
-    the same input shape run together, unpadded; ``pad_to_canvas=True`` instead pads every image
-    to a fixed canvas of its orientation (``image_size x max_size`` or ``max_size x image_size``)
-    and batches by orientation. Boxes never depend on the other images' sizes either way.
+    Batching (``batch_mode``; ``wsss_pl.labeling.invariance``): ``fixed`` (default) groups images
+    by input shape and runs every forward at exactly ``batch_size`` rows, short batches filled
+    with zero images and a neutral caption whose outputs are discarded, every caption padded to
+    ``max_text_tokens`` tokens, and the bi-attention's softmax shift taken per image: an image's
+    boxes are then bit-identical whatever its batch mates, position, GPU count or order.
+    ``per_image`` runs every image alone, unpadded (the released code's one-image calls; differs
+    from ``fixed`` only by the last bits of the caption padding). ``free`` batches the images of
+    one shape as they come (fast, but a box can move in the last bits with its batch mates).
+    ``pad_to_canvas=True`` pads every image to a fixed canvas of its orientation
+    (``image_size x max_size`` or ``max_size x image_size``) and groups by orientation instead;
+    images are never padded to each other's sizes (that changes detections for real).
 
     Box -> class (``phrase_rule``): see ``wsss_pl.labeling.prompt``. Boxes are scaled to pixels
     the released way (``cx*W - w*W/2``, then ``+ w*W``) and clipped to the image only with
@@ -105,10 +112,17 @@ class GroundingDetector(nn.Module):
         phrase_rule: PhraseRule = "best_class_token",
         image_resize: ImageResize = "tensor",
         clip_boxes: bool = True,
-        batch_invariant: bool = True,
+        batch_mode: BatchMode = "fixed",
+        batch_size: int = 4,
     ) -> None:
         super().__init__()
+        if batch_mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"detector batch_size must be an integer >= 1, got {batch_size!r}")
         self.model = model.eval().requires_grad_(False)
+        if batch_mode == "fixed":
+            per_image_bi_attention(self.model)
         self.tokenizer = tokenizer
         self.box_threshold = box_threshold
         self.text_threshold = text_threshold
@@ -120,7 +134,8 @@ class GroundingDetector(nn.Module):
         self.phrase_rule: PhraseRule = phrase_rule
         self.image_resize: ImageResize = image_resize
         self.clip_boxes = clip_boxes
-        self.batch_invariant = batch_invariant
+        self.batch_mode: BatchMode = batch_mode
+        self.batch_size = batch_size
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), False)
 
@@ -234,26 +249,50 @@ class GroundingDetector(nn.Module):
             if image_captions:
                 size = tuple(images[i].shape[-2:])
                 shape = self.canvas_size(*size) if self.pad_to_canvas else self.resized_size(*size)
-                key = (*shape, i) if self.batch_invariant else shape
+                key = (*shape, i) if self.batch_mode == "per_image" else shape
                 groups.setdefault(key, []).append(i)
-        for key, todo in groups.items():
+        step = self.batch_size if self.batch_mode == "fixed" else len(images)
+        for key, group in groups.items():
             canvas = (key[0], key[1]) if self.pad_to_canvas else None
-            pixel_values, pixel_mask = self.preprocess([images[i] for i in todo], canvas)
-            for chunk in range(max(len(captions[i]) for i in todo)):
-                rows = [r for r, i in enumerate(todo) if len(captions[i]) > chunk]
-                round_captions = [captions[todo[r]][chunk] for r in rows]
-                outputs = self._run(pixel_values[rows], pixel_mask[rows], round_captions)
-                for r, caption, logits, boxes in zip(rows, round_captions, *outputs, strict=True):
-                    i = todo[r]
-                    size = images[i].shape[-2:]
-                    parts[i].append(self._select(logits, boxes, caption, size, threshold))
+            for start in range(0, len(group), step):
+                todo = group[start : start + step]
+                pixel_values, pixel_mask = self.preprocess([images[i] for i in todo], canvas)
+                for chunk in range(max(len(captions[i]) for i in todo)):
+                    rows = [r for r, i in enumerate(todo) if len(captions[i]) > chunk]
+                    round_captions = [captions[todo[r]][chunk] for r in rows]
+                    outputs = self._run(pixel_values[rows], pixel_mask[rows], round_captions)
+                    for r, caption, logits, boxes in zip(
+                        rows, round_captions, *outputs, strict=True
+                    ):
+                        i = todo[r]
+                        size = images[i].shape[-2:]
+                        parts[i].append(self._select(logits, boxes, caption, size, threshold))
         return [_concat(p) if p else Detections.empty(self.device) for p in parts]
 
     def _run(
         self, pixel_values: Tensor, pixel_mask: Tensor, captions: list[Caption]
     ) -> tuple[Tensor, Tensor]:
-        """Logits float [B, Q, max_text_len] and boxes float [B, Q, 4] (normalised cxcywh)."""
-        text = self.tokenizer([c.text for c in captions], padding=True, return_tensors="pt")
+        """Logits float [R, Q, max_text_len] and boxes float [R, Q, 4] (normalised cxcywh) of the
+        R real rows; in ``fixed`` mode the forward itself runs at exactly ``batch_size`` rows."""
+        texts = [c.text for c in captions]
+        real = len(texts)
+        if self.batch_mode == "fixed":
+            if real > self.batch_size:
+                raise ValueError(f"{real} rows for a fixed detector batch of {self.batch_size}")
+            fill = self.batch_size - real
+            if fill:  # zero images with a neutral caption; their outputs are dropped below
+                pixel_values = torch.cat(
+                    [pixel_values, pixel_values.new_zeros(fill, *pixel_values.shape[1:])]
+                )
+                pixel_mask = torch.cat(
+                    [pixel_mask, pixel_mask.new_ones(fill, *pixel_mask.shape[1:])]
+                )
+                texts += [NEUTRAL_CAPTION] * fill
+            text = self.tokenizer(
+                texts, padding="max_length", max_length=self.max_text_tokens, return_tensors="pt"
+            )
+        else:
+            text = self.tokenizer(texts, padding=True, return_tensors="pt")
         dtype = next(self.model.parameters()).dtype
         outputs = self.model(
             pixel_values=pixel_values.to(dtype),
@@ -262,7 +301,7 @@ class GroundingDetector(nn.Module):
             attention_mask=text["attention_mask"].to(self.device),
             token_type_ids=text["token_type_ids"].to(self.device),
         )
-        return outputs.logits.float(), outputs.pred_boxes.float()
+        return outputs.logits[:real].float(), outputs.pred_boxes[:real].float()
 
     def _select(
         self,

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ProgressBar
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from wsss_pl.callbacks import disagreement, log_review
 from wsss_pl.classes import IGNORE_INDEX
+from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.label_sources import LabeledDataset
 from wsss_pl.diagnosis import ImageErrors, format_diagnosis, from_totals, log_wandb
@@ -50,42 +52,58 @@ def image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-class _Reordered(torch.utils.data.Dataset):
-    """``dataset`` read in ``order`` (indices may come as ``(index, is_padding)`` pairs)."""
+class _ShapeBatches(torch.utils.data.Dataset):
+    """Item k is the k-th shape-batch of ``dataset``: a list of samples of one detector input
+    shape. A distributed sampler over these items hands whole batches to ranks, so the rank
+    count never changes which images share a detector forward."""
 
-    def __init__(self, dataset: LabeledDataset, order: list[int]) -> None:
+    def __init__(self, dataset: LabeledDataset, batches: list[list[int]]) -> None:
         self.dataset = dataset
-        self.order = order
+        self.batches = batches
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.batches)
 
-    def __getitem__(self, index: int | tuple[int, bool]) -> Any:
-        if isinstance(index, tuple):
-            return self.dataset[(self.order[index[0]], index[1])]
-        return self.dataset[self.order[index]]
+    def __getitem__(self, index: int) -> list[Any]:
+        return [self.dataset[i] for i in self.batches[index]]
 
 
-def shape_order(dataset: LabeledDataset, labels: OnlinePseudoLabels) -> list[int]:
-    """Indices of ``dataset`` sorted by the detector input shape of each image (then its size and
-    index), so that batches hold images the detector can run together without padding."""
+def _collate_shape_batch(items: list[list[Any]]) -> dict[str, Any]:
+    return collate_samples(items[0])
+
+
+def shape_batches(
+    dataset: LabeledDataset, labels: OnlinePseudoLabels, batch_size: int
+) -> list[list[int]]:
+    """Indices of ``dataset`` sorted by detector input shape (then size and index), cut into
+    batches of at most ``batch_size`` images of one shape: only each shape's last batch is short.
+    Image sizes come from the file headers (no decoding); an unreadable file gets a batch of its
+    own and fails where it is loaded, with the dataset's error."""
     base = dataset.dataset
     paths = [base.image_path(i) for i in base.ids]  # type: ignore[attr-defined]
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = list(pool.map(image_size, paths))
-    keys = [
-        (labels.detector_input_size(h, w) if h and w else (1 << 30, 1 << 30), h, w, index)
+    keys = sorted(
+        (labels.detector_input_size(h, w) if h and w else (1 << 30, index), h, w, index)
         for index, (h, w) in enumerate(sizes)
-    ]
-    return [key[-1] for key in sorted(keys)]
+    )
+    batches: list[list[int]] = []
+    previous: tuple[int, int] | None = None
+    for shape, _, _, index in keys:
+        if shape != previous or len(batches[-1]) == batch_size:
+            batches.append([])
+        batches[-1].append(index)
+        previous = shape
+    return batches
 
 
 class LabelingData(pl.LightningDataModule):
     """The training split of a WSSSDataModule with raw uint8 images (no augmentation).
 
-    When the labeller batches images (``batch_invariant: false``), the ids are read sorted by
-    detector input shape (image sizes from the file headers), so that batches of one shape are
-    large; otherwise in the split's order. The labels are the same either way.
+    When the labeller batches images (``batch_mode`` ``fixed`` or ``free``), the ids are sorted
+    by detector input shape (image sizes from the file headers) and cut into whole shape-batches
+    of ``detector_batch_size`` (``fixed``) or ``data.batch_size`` (``free``) images; ranks get
+    whole batches. With ``fixed`` the labels are the same whatever the order, batch or rank.
     """
 
     def __init__(self, data: WSSSDataModule) -> None:
@@ -94,27 +112,43 @@ class LabelingData(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         self.data.source.prepare_data()
+        self.data.bind_label_device(self.trainer)
         self.data.train_labels.prepare_data(self.data.source)
 
     def setup(self, stage: str) -> None:
+        self.data.bind_label_device(self.trainer)
         self.data.setup("fit")
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
         labels = self.data.train_labels
         train = self.data.datasets["train"]
-        if not isinstance(labels, OnlinePseudoLabels) or labels.batch_invariant:
+        if (
+            not isinstance(labels, OnlinePseudoLabels)
+            or labels.batch_mode == "per_image"
+            or not hasattr(train.dataset, "image_path")
+        ):
             return self.data._loader("train", self.data.batch_size, shuffle=False)
-        if not hasattr(train.dataset, "image_path"):
-            return self.data._loader("train", self.data.batch_size, shuffle=False)
+        size = labels.detector_batch_size if labels.batch_mode == "fixed" else self.data.batch_size
         start = time.perf_counter()
-        order = shape_order(train, labels)
-        log.info("sorted %d ids by image shape in %.1f s", len(order), time.perf_counter() - start)
-        # The DataModule's own loader (samplers, workers, collate) over the reordered split.
-        self.data.datasets["train"] = _Reordered(train, order)  # type: ignore[assignment]
-        try:
-            return self.data._loader("train", self.data.batch_size, shuffle=False)
-        finally:
-            self.data.datasets["train"] = train
+        batches = shape_batches(train, labels, size)
+        log.info(
+            "sorted %d ids into %d shape-batches in %.1f s",
+            len(train), len(batches), time.perf_counter() - start,
+        )  # fmt: skip
+        dataset = _ShapeBatches(train, batches)
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)  # whole batches
+        workers = self.data.num_workers
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=1,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=_collate_shape_batch,
+            pin_memory=self.data.pin_memory,
+            persistent_workers=workers > 0,
+        )
 
 
 class LabelingModule(pl.LightningModule):

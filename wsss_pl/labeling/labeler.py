@@ -101,6 +101,8 @@ class PseudoLabeler(nn.Module):
         Returns:
             B ``LabelResult`` with label maps of each image's own size.
         """
+        # Contiguous copies: a view into a padded batch could take other kernels (other bits).
+        images = [image.contiguous() for image in images]
         detections = self.detector(images, present, self.vocabulary)
         if self.missing_class_policy == "retry":
             detections = self._retry_missing(images, present, detections)

@@ -23,6 +23,13 @@ from wsss_pl.data.label_sources import LabelSource, TargetLoader
 from wsss_pl.errors import CacheError
 from wsss_pl.labeling.cache import PseudoLabelCache
 from wsss_pl.labeling.exclusion import with_exclusion_phrases
+from wsss_pl.labeling.invariance import (
+    BATCH_MODES,
+    CAPTION_TOKENS,
+    BatchMode,
+    deterministic_labelling,
+    environment,
+)
 from wsss_pl.labeling.labeler import MissingClassPolicy, PseudoLabeler
 from wsss_pl.labeling.merge import ConflictPolicy, MergePolicy
 from wsss_pl.labeling.rules import (
@@ -80,9 +87,10 @@ class _CachedTarget:
 class OnlinePseudoLabels(LabelSource):
     """Grounding DINO + SAM pseudo-labels, made lazily per sample on the device and cached.
 
-    A label depends on the image, its classes and these settings only: with ``batch_invariant``
-    (default) each image runs through both models alone, so neither its batch nor the GPU count
-    changes a bit of it.
+    A label depends on the image, its classes and these settings only: with ``batch_mode:
+    fixed`` (default) the models batch, but every forward has one fixed shape, so neither its
+    batch mates, its position, the GPU count nor the order changes a bit of it
+    (``wsss_pl.labeling.invariance``).
 
     Args:
         preset: ``paper`` (default): the released code's labelling rules, i.e. caption_style
@@ -97,10 +105,16 @@ class OnlinePseudoLabels(LabelSource):
         phrase_rule: ``argmax_word`` or ``best_class_token`` (see ``wsss_pl.labeling.prompt``).
         image_resize: ``pil`` or ``tensor`` (detector and SAM inputs; see ``GroundingDetector``).
         clip_boxes: clip boxes to the image before SAM.
-        batch_invariant: run every image alone through the detector and the SAM encoder
-            (bit-for-bit one-image-at-a-time labels); false batches images of the same input
-            shape (never padded to each other), faster, equal up to the last bits of batched
-            matrix products.
+        batch_mode: ``fixed`` (default): the detector runs same-shape images exactly
+            ``detector_batch_size`` at a time and the SAM encoder exactly
+            ``sam_encoder_batch_size`` at a time, short batches filled with zero images,
+            captions padded to 256 tokens, Grounding DINO's softmax shift per image: batched
+            and bit-identical whatever the batch. ``per_image``: every image alone through both
+            models (the released code's calls; differs from ``fixed`` in the last bits of the
+            caption padding). ``free``: same-shape images batched as they come, unpadded
+            (labels can move in the last bits with their batch mates).
+        detector_batch_size: rows of every detector forward in ``fixed`` mode.
+        cpu_threads: intra-op threads while labelling on a CPU (the thread count changes bits).
         cache_root: cache directory; labels go to ``<cache_root>/<dataset>/<fingerprint>/``.
         detector: Grounding DINO: a registry name (``grounding-dino-tiny`` is the paper's Swin-T),
             a hub id, a local directory, or ``tiny`` (random tiny model, for demos and tests).
@@ -117,7 +131,7 @@ class OnlinePseudoLabels(LabelSource):
         detector_image_size: shorter side of the detector input (800 as Grounding DINO).
         detector_pad_to_canvas: pad every image to a fixed canvas (by orientation) instead of
             running it at its own size; costs compute on the padding.
-        sam_encoder_batch_size: images per SAM image-encoder call.
+        sam_encoder_batch_size: images per SAM image-encoder call (exactly, in ``fixed`` mode).
         precision: ``32`` (the paper) or ``bf16`` autocast for both models (much faster on
             recent GPUs; boxes and masks can differ slightly, so it is part of the fingerprint).
         download: fetch missing checkpoints (with checksums) when the machine has internet.
@@ -138,7 +152,7 @@ class OnlinePseudoLabels(LabelSource):
         phrase_rule: PhraseRule | None = None,
         image_resize: ImageResize | None = None,
         clip_boxes: bool | None = None,
-        batch_invariant: bool = True,
+        batch_mode: BatchMode = "fixed",
         detector: str = "grounding-dino-tiny",
         sam_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h",
         sam_checkpoint: str = "sam_vit_h",
@@ -153,6 +167,8 @@ class OnlinePseudoLabels(LabelSource):
         detector_image_size: int = 800,
         detector_pad_to_canvas: bool = False,
         sam_encoder_batch_size: int = 4,
+        detector_batch_size: int = 4,
+        cpu_threads: int = 1,
         precision: Literal["32", "bf16"] = "32",
         download: bool = True,
         exclusion_words: dict[str, list[str]] | None = None,
@@ -171,7 +187,19 @@ class OnlinePseudoLabels(LabelSource):
         self.phrase_rule: PhraseRule = phrase_rule or rules["phrase_rule"]
         self.image_resize: ImageResize = image_resize or rules["image_resize"]
         self.clip_boxes: bool = rules["clip_boxes"] if clip_boxes is None else clip_boxes
-        self.batch_invariant = batch_invariant
+        if batch_mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
+        for key, value in (
+            ("detector_batch_size", detector_batch_size),
+            ("sam_encoder_batch_size", sam_encoder_batch_size),
+            ("cpu_threads", cpu_threads),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+        self.batch_mode: BatchMode = batch_mode
+        self.detector_batch_size = detector_batch_size
+        self.cpu_threads = cpu_threads
+        self.device: torch.device | None = None  # the labelling device (fingerprinted)
         self.detector_name = detector
         self.sam_type = sam_type
         self.sam_checkpoint = sam_checkpoint
@@ -257,7 +285,7 @@ class OnlinePseudoLabels(LabelSource):
             "phrase_rule": self.phrase_rule,
             "image_resize": self.image_resize,
             "clip_boxes": self.clip_boxes,
-            "batch_invariant": self.batch_invariant,
+            **self._batch_settings(),
             "precision": self.precision,
             "classes": list(vocabulary.class_names),
             "prompt_names": dict(vocabulary.prompt_names),
@@ -269,6 +297,36 @@ class OnlinePseudoLabels(LabelSource):
             if self.missing_class_policy == "retry"
             else None,
         }
+
+    def _batch_settings(self) -> dict[str, Any]:
+        """Batching and the environment: what changes bits although the rules are the same."""
+        batching: dict[str, Any] = {"batch_mode": self.batch_mode}
+        if self.batch_mode == "fixed":
+            batching["detector_batch_size"] = self.detector_batch_size
+            batching["caption_tokens"] = CAPTION_TOKENS
+        if self.batch_mode != "per_image":
+            batching["sam_encoder_batch_size"] = self.sam_encoder_batch_size
+        batching["environment"] = environment(self.device or "cpu", self.cpu_threads)
+        return batching
+
+    def bind_device(self, device: torch.device | str) -> None:
+        """The device that will label (its model and libraries are part of the fingerprint);
+        call before the cache opens (the DataModule does it from its trainer)."""
+        self.device = torch.device(device)
+
+    def _check_device(self, device: torch.device) -> None:
+        """Labels made on another device than the fingerprint says must not enter the cache."""
+        assert self.cache is not None
+        expected = self.cache.settings.get("environment")
+        actual = environment(device, self.cpu_threads)
+        if expected is not None and expected != actual:
+            raise CacheError(
+                f"the pseudo-label cache {self.cache.directory} is fingerprinted for labelling "
+                f"on {expected.get('device_type')} ({expected.get('device_name')}) but labels "
+                f"would be made on {device} ({actual.get('device_name')}); labels of different "
+                "devices differ in the last bits: run on the same device, or call "
+                "bind_device() before the cache opens"
+            )
 
     def _exclusion_settings(self) -> dict[str, Any]:
         """Fingerprint entries of the exclusion phrases; none without them (old caches stay valid)."""
@@ -326,7 +384,8 @@ class OnlinePseudoLabels(LabelSource):
             "phrase_rule": self.phrase_rule,
             "image_resize": self.image_resize,
             "clip_boxes": self.clip_boxes,
-            "batch_invariant": self.batch_invariant,
+            "batch_mode": self.batch_mode,
+            "batch_size": self.detector_batch_size,
         }
         if self.detector_name == TINY:
             detector = tiny_detector(**thresholds)
@@ -336,7 +395,9 @@ class OnlinePseudoLabels(LabelSource):
                 directory, image_size=self.detector_image_size, **thresholds
             )
         sam_options = {
-            "encoder_batch_size": 1 if self.batch_invariant else self.sam_encoder_batch_size,
+            "encoder_batch_size": 1
+            if self.batch_mode == "per_image"
+            else self.sam_encoder_batch_size,
             "image_resize": self.image_resize,
         }
         fast = {"attention": self.sam_attention, "compile": self.sam_compile}
@@ -357,6 +418,7 @@ class OnlinePseudoLabels(LabelSource):
             segmenter = SamSegmenter.from_checkpoint(
                 self.sam_type, self._sam_weights()["path"], **sam_options, **fast
             )
+        segmenter.fixed_batch = self.batch_mode == "fixed"
         assert self.vocabulary is not None
         return PseudoLabeler(
             detector,
@@ -410,7 +472,12 @@ class OnlinePseudoLabels(LabelSource):
         device = batch["image"].device
         labeler = self.labeler(device)
         labeler.encode_masks = False  # RLE in the writer threads, from one CPU copy per batch
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        self._check_device(device)
+        bf16 = self.precision == "bf16"
+        with (
+            deterministic_labelling(device, self.cpu_threads),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+        ):
             results = labeler(images, present)
         if self._writer is None:
             self._writer = CacheWriter(self.cache, workers=self.write_workers)

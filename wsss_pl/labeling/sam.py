@@ -41,6 +41,9 @@ class SamSegmenter(nn.Module):
         attention: image-encoder attention, ``original`` or ``sdpa`` (``wsss_pl.labeling.sam_fast``:
             same weights and math, fused kernel).
         compile: ``torch.compile`` the image-encoder blocks (first call per shape compiles).
+        fixed_batch: every image-encoder forward runs at exactly ``encoder_batch_size`` images,
+            a short batch filled with zero images (kernels are chosen by batch size, so an
+            embedding is then bit-identical whatever its batch mates or position).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class SamSegmenter(nn.Module):
         image_resize: Literal["pil", "tensor"] = "tensor",
         attention: SamAttention = "original",
         compile: bool = False,
+        fixed_batch: bool = False,
     ) -> None:
         super().__init__()
         if encoder_batch_size < 1:
@@ -61,6 +65,7 @@ class SamSegmenter(nn.Module):
         if compile:
             compile_blocks(self.sam.image_encoder)
         self.encoder_batch_size = encoder_batch_size
+        self.fixed_batch = fixed_batch
         self.image_resize = image_resize
         self.resize = ResizeLongestSide(sam.image_encoder.img_size)
 
@@ -143,8 +148,10 @@ class SamSegmenter(nn.Module):
             batch = todo[start : start + self.encoder_batch_size]
             inputs = [self._input_image(images[i]) for i in batch]
             pixels = torch.stack([x for x, _ in inputs]).to(dtype)
-            encoded = self._encode(pixels)
-            for i, decoder_inputs, (_, input_size) in zip(batch, encoded, inputs, strict=True):
+            encoded = self._encode(fill_batch(pixels, self.encoder_batch_size, self.fixed_batch))
+            for i, decoder_inputs, (_, input_size) in zip(
+                batch, encoded[: len(batch)], inputs, strict=True
+            ):
                 results[i] = self._decode(decoder_inputs, boxes[i], input_size, images[i])
         return results
 
@@ -176,6 +183,14 @@ class SamSegmenter(nn.Module):
         )
         logits = self.sam.postprocess_masks(low_res.float(), input_size, original_size)
         return logits[:, 0] > self.sam.mask_threshold, iou[:, 0].float()
+
+
+def fill_batch(pixels: Tensor, batch_size: int, fixed: bool) -> Tensor:
+    """``pixels`` [B, ...] padded with zero rows to ``batch_size`` when ``fixed`` (the padding's
+    outputs are dropped: callers keep the first B)."""
+    if not fixed or pixels.shape[0] >= batch_size:
+        return pixels
+    return torch.cat([pixels, pixels.new_zeros(batch_size - pixels.shape[0], *pixels.shape[1:])])
 
 
 def empty_results(images: list[Tensor], device: torch.device) -> list[tuple[Tensor, Tensor]]:

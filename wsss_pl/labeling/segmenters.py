@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.sam import SamSegmenter, empty_results
+from wsss_pl.labeling.sam import SamSegmenter, empty_results, fill_batch
 
 TINY = "tiny"
 ImageResize = Literal["pil", "tensor"]
@@ -212,6 +212,7 @@ class Sam2Segmenter(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.encoder_batch_size = encoder_batch_size
+        self.fixed_batch = False  # as SamSegmenter.fixed_batch: pad every encoder batch
 
     def train(self, mode: bool = True) -> Sam2Segmenter:
         super().train(mode)
@@ -235,6 +236,7 @@ class Sam2Segmenter(nn.Module):
             pixels = self.processor.image_processor(
                 images=[images[i].to(self.device) for i in batch], return_tensors="pt"
             )["pixel_values"].to(self.device, dtype)
+            pixels = fill_batch(pixels, self.encoder_batch_size, self.fixed_batch)
             embeddings = self.model.get_image_embeddings(pixels)
             for k, i in enumerate(batch):
                 results[i] = self._decode([e[k : k + 1] for e in embeddings], boxes[i], images[i])
