@@ -141,27 +141,26 @@ def test_detector_outputs_do_not_depend_on_batch_mates(crops, mode) -> None:
 
 
 # --- SAM image encoder ---------------------------------------------------------------------------
+def _embeddings(segmenter, images: list[Tensor]) -> Tensor:
+    pixels = torch.stack([segmenter._input_image(image)[0] for image in images])
+    encoded = segmenter._encode(fill_batch(pixels, BATCH, segmenter.fixed_batch))
+    return torch.cat([e["image_embeddings"] for e in encoded[: len(images)]])
+
+
 @pytest.mark.sample_data
-@pytest.mark.parametrize("fixed", [True, False])
-def test_sam_embeddings_do_not_depend_on_batch_mates(crops, fixed) -> None:
-    segmenter = tiny_segmenter(encoder_batch_size=BATCH, fixed_batch=fixed)
-
-    def embeddings(images: list[Tensor]) -> Tensor:
-        pixels = torch.stack([segmenter._input_image(image)[0] for image in images])
-        encoded = segmenter._encode(fill_batch(pixels, BATCH, fixed))
-        return torch.cat([e["image_embeddings"] for e in encoded[: len(images)]])
-
+def test_sam_embeddings_do_not_depend_on_batch_mates(crops) -> None:
+    segmenter = tiny_segmenter(encoder_batch_size=BATCH, fixed_batch=True)
     target, others = crops[0], crops[1:]
-    alone = embeddings([target])[0]
-    differing = [
-        (kind, position)
-        for kind, position, images in _batches(target, others)
-        if not torch.equal(embeddings(images)[position], alone)
-    ]
-    if fixed:
-        assert differing == []
-    else:  # a batch of 4 against a batch of 1 runs other kernels
-        assert differing, "batching did not change a bit: this check could not fail"
+    alone = _embeddings(segmenter, [target])[0]
+    for kind, position, images in _batches(target, others):
+        assert torch.equal(_embeddings(segmenter, images)[position], alone), (kind, position)
+    # The check can fail: one grey level in one pixel of the image changes the embedding bits.
+    # (On this CPU the tiny encoder happens to give the same bits at batch 1 and 4 even
+    # unpadded; the fixed batch is what guarantees it where kernels differ by batch size.)
+    nudged = target.clone()
+    nudged[0, 100, 100] += 1
+    images = [others[0], nudged, others[1], others[2]]
+    assert not torch.equal(_embeddings(segmenter, images)[1], alone)
 
 
 # --- the whole labeller --------------------------------------------------------------------------

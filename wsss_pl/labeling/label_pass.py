@@ -72,6 +72,19 @@ def _collate_shape_batch(items: list[list[Any]]) -> dict[str, Any]:
     return collate_samples(items[0])
 
 
+def pack(batches: list[list[int]], limit: int) -> list[list[int]]:
+    """Consecutive shape-batches joined into labelling calls of at most ``limit`` images (a
+    batch larger than ``limit`` stays whole): the detector still runs each shape-batch at its
+    fixed size, and the SAM encoder pads only the last of its fixed batches per call."""
+    calls: list[list[int]] = []
+    for batch in batches:
+        if calls and len(calls[-1]) + len(batch) <= limit:
+            calls[-1].extend(batch)
+        else:
+            calls.append(list(batch))
+    return calls
+
+
 def shape_batches(
     dataset: LabeledDataset, labels: OnlinePseudoLabels, batch_size: int
 ) -> list[list[int]]:
@@ -97,13 +110,25 @@ def shape_batches(
     return batches
 
 
+def spread(calls: list[list[int]], ranks: int) -> list[list[int]]:
+    """At least one call per rank where there are enough images (every rank must run the
+    predict loop, whose epoch end gathers across ranks): the largest calls are halved."""
+    calls = [list(c) for c in calls]
+    while len(calls) < ranks and any(len(c) > 1 for c in calls):
+        k = max(range(len(calls)), key=lambda j: len(calls[j]))
+        call = calls.pop(k)
+        calls[k:k] = [call[: len(call) // 2], call[len(call) // 2 :]]
+    return calls
+
+
 class LabelingData(pl.LightningDataModule):
     """The training split of a WSSSDataModule with raw uint8 images (no augmentation).
 
     When the labeller batches images (``batch_mode`` ``fixed`` or ``free``), the ids are sorted
     by detector input shape (image sizes from the file headers) and cut into whole shape-batches
     of ``detector_batch_size`` (``fixed``) or ``data.batch_size`` (``free``) images; ranks get
-    whole batches. With ``fixed`` the labels are the same whatever the order, batch or rank.
+    whole batches, packed into calls of up to ``data.batch_size`` images. With ``fixed`` the
+    labels are the same whatever the order, batch or rank.
     """
 
     def __init__(self, data: WSSSDataModule) -> None:
@@ -130,7 +155,10 @@ class LabelingData(pl.LightningDataModule):
             return self.data._loader("train", self.data.batch_size, shuffle=False)
         size = labels.detector_batch_size if labels.batch_mode == "fixed" else self.data.batch_size
         start = time.perf_counter()
-        batches = shape_batches(train, labels, size)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        batches = spread(
+            pack(shape_batches(train, labels, size), max(size, self.data.batch_size)), world
+        )
         log.info(
             "sorted %d ids into %d shape-batches in %.1f s",
             len(train), len(batches), time.perf_counter() - start,
