@@ -10,11 +10,23 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from equivalence import (
+    assert_class_maps_match,
+    assert_informative_class_map,
+    compare_class_maps,
+    top2_margin,
+)
 
 from wsss_pl.classes import VOC
 from wsss_pl.export_model import DeployableSegmenter, load_net, main
 from wsss_pl.models import DeepLabV2
 from wsss_pl.module import SegmentationModule
+
+# The exported logits must be within LOGIT_ATOL of PyTorch's; a pixel's class can then flip only
+# where PyTorch's top-2 margin is below 2 * LOGIT_ATOL (both logits move by up to LOGIT_ATOL):
+# those near-ties are excused, every other differing pixel fails the test.
+LOGIT_ATOL = 1e-3
+TIE_TOLERANCE = 2 * LOGIT_ATOL
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +70,9 @@ def test_wrapper_matches_the_training_convention(checkpoint: tuple[Path, Path]) 
     with torch.no_grad():
         assert torch.allclose(model(image), expected, atol=1e-4)
     labels = DeployableSegmenter(net, data["mean"], data["std"], output="labels")(image)
-    assert labels.dtype == torch.uint8 and torch.equal(labels, expected.argmax(1).to(torch.uint8))
+    assert labels.dtype == torch.uint8
+    # Normalising here and inside the wrapper round differently: only near-ties may flip.
+    assert_class_maps_match(labels, expected.argmax(1), top2_margin(expected), 2e-4)
 
 
 @pytest.mark.sample_data
@@ -78,8 +92,51 @@ def test_export_matches_pytorch_on_real_images(
     summary = json.loads((tmp_path / f"model.{fmt}.verify.json").read_text())
     sizes = {tuple(r["size"]) for r in summary["images"]}
     assert len(sizes) >= 2  # real images of different sizes through one graph: dynamic H, W
-    assert summary["max_abs_logit_diff"] < 1e-3
-    assert summary["argmax_diff_pixels"] == 0
+    assert summary["max_abs_logit_diff"] < LOGIT_ATOL
+    # The class maps: every pixel agrees except near-ties of PyTorch's logits (the verify
+    # summary's argmax_diff_pixels counts those too; 1 of 183,000 was seen on one machine).
+    for image, (got, reference) in zip(
+        images, _run_both(ckpt, config, out, fmt, images), strict=True
+    ):
+        stats = assert_informative_class_map(reference, TIE_TOLERANCE)
+        result = assert_class_maps_match(
+            got.argmax(1), reference.argmax(1), top2_margin(reference), TIE_TOLERANCE
+        )
+        print(f"{fmt} {Path(image).name}: reference {stats}, {result}")
+
+
+def _run_both(ckpt: Path, config: Path, out: Path, fmt: str, images: list[str], bgr=False):
+    """(exported logits, PyTorch logits) [1, C, H, W] per image; ``bgr`` feeds the exported file
+    the image with its channels reversed (a mistake the comparison must catch)."""
+    from wsss_pl.export_model import _Runner
+    from wsss_pl.io import read_image
+
+    net, data = load_net(ckpt, config)
+    model = DeployableSegmenter(net, data["mean"], data["std"]).eval()
+    runner = _Runner(out, fmt, threads=1)
+    for path in images:
+        image = read_image(Path(path))[None]
+        with torch.no_grad():
+            reference = model(image).numpy()
+        fed = image.flip(1) if bgr else image
+        yield runner.run(fed.numpy()), reference
+
+
+@pytest.mark.sample_data
+def test_export_comparison_fails_on_swapped_channels(
+    checkpoint: tuple[Path, Path], sample_data: Path, tmp_path: Path
+) -> None:
+    """The class-map check above can fail: BGR instead of RGB changes classes far from ties."""
+    ckpt, config = checkpoint
+    out = tmp_path / "model.onnx"
+    assert main(["--ckpt", str(ckpt), "--config", str(config), "--out", str(out)]) == 0
+    image = _images(sample_data)[:1]
+    ((got, reference),) = list(_run_both(ckpt, config, out, "onnx", image, bgr=True))
+    result = compare_class_maps(
+        got.argmax(1), reference.argmax(1), top2_margin(reference), TIE_TOLERANCE
+    )
+    print(f"onnx fed BGR: {result}")
+    assert result.unexcused > 0.01 * result.pixels
 
 
 @pytest.mark.sample_data
@@ -101,7 +158,9 @@ def test_onnx_class_map_output_and_inferred_net(
     with torch.no_grad():
         expected = DeployableSegmenter(net, data["mean"], data["std"], output="labels")(image)
     assert labels.dtype == np.uint8 and labels.shape == tuple(expected.shape)
-    assert np.array_equal(labels, expected.numpy())
+    with torch.no_grad():
+        logits = DeployableSegmenter(net, data["mean"], data["std"])(image)
+    assert_class_maps_match(labels, expected.numpy(), top2_margin(logits), TIE_TOLERANCE)
     # Without a config a DeepLabV2 is inferred (OS 8 assumed): here OS 16 was trained, so the
     # weights load but the user is told to pass --config when the rates differ.
     inferred, _ = load_net(ckpt)
@@ -142,7 +201,8 @@ def test_light_segmenter_trains_loads_imagenet_and_exports(tmp_path: Path) -> No
     data = WSSSDataModule(source, GroundTruthLabels(), batch_size=2, val_batch_size=2,
                           num_workers=0, crop_size=49, pin_memory=False)  # fmt: skip
     module = SegmentationModule(net, class_names=data.class_names)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+    pl.seed_everything(0, verbose=False)  # a trained fixture: seeded and deterministic
+    trainer = pl.Trainer(accelerator="cpu", deterministic=True, max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, num_sanity_val_steps=0)  # fmt: skip
     before = net.classifier.high_classifier.weight.clone()
     trainer.fit(module, datamodule=data)
@@ -181,4 +241,5 @@ def test_caffe_conventions_travel_into_the_export(tmp_path: Path) -> None:
         expected = DeployableSegmenter(net)(image).numpy()
     scale = max(float(np.abs(expected).max()), 1.0)
     assert np.abs(got - expected).max() / scale < 1e-4
-    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    tolerance = 2 * 1e-4 * scale  # a class may flip only where the top-2 margin is below it
+    assert_class_maps_match(got.argmax(1), expected.argmax(1), top2_margin(expected), tolerance)

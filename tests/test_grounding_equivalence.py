@@ -5,9 +5,11 @@ The reference is what a user of IDEA-Research/grounding-dino-tiny runs: ``Ground
 tokenizer) -> ``GroundingDinoForObjectDetection`` -> ``post_process_grounded_object_detection``.
 Both pipelines run the same tiny random model, batch size 1, at the real 800/1333 input size.
 
-Random weights saturate the logits, so a forward hook divides them by ``TEMPERATURE`` (the same
-model for both pipelines), and the thresholds are placed in the widest gap of the reference's own
-scores, so that a handful of boxes pass and no score lies near a threshold.
+Random weights saturate the logits, so the model is ``informative_tiny("grounding_dino")``: its
+token logits scaled by 1/4 (the same model for both pipelines); the reference's box scores must
+spread across the box threshold, which is placed in the widest gap of the reference's own scores,
+so that a handful of boxes pass, some fail, and no score lies near a threshold. A sibling test
+swaps the resize (PIL's instead of the processor's) and the comparison must then fail.
 
 What is compared:
 - pixel_values: identical to the processor's (transformers 5's default torchvision backend; a
@@ -26,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from equivalence import assert_scores_spread
 from PIL import Image
 from torch import Tensor
 from transformers import (
@@ -37,7 +40,7 @@ from transformers import (
 from wsss_pl.classes import VOC
 from wsss_pl.labeling.grounding import Detections, GroundingDetector
 from wsss_pl.labeling.prompt import Caption, build_captions
-from wsss_pl.labeling.tiny import tiny_grounding_dino
+from wsss_pl.labeling.tiny import informative_tiny
 from wsss_pl.labeling.tokenizer import bert_tokenizer
 
 # IDEA-Research/grounding-dino-tiny preprocessor_config.json (resample 2 = bilinear).
@@ -53,7 +56,6 @@ PREPROCESSOR_CONFIG = {
     "do_pad": True,
 }
 GREY_LEVEL = torch.tensor(PREPROCESSOR_CONFIG["image_std"]).view(1, 3, 1, 1) * 255
-TEMPERATURE = 4.0
 MIN_GAP = 1e-3  # smallest accepted distance between a threshold and any score it separates
 REAL_IMAGE = "voc_sample/VOC2012/JPEGImages/2007_000032.jpg"  # 500 x 281: longest-edge capped
 CLASS_LISTS = [["dog"], ["dog", "horse", "sofa"], ["tvmonitor", "pottedplant"]]
@@ -66,14 +68,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model() -> GroundingDinoForObjectDetection:
-    model = tiny_grounding_dino()
-
-    def soften(module, inputs, outputs):
-        outputs.logits = outputs.logits / TEMPERATURE  # -inf (no token) stays -inf
-        return outputs
-
-    model.register_forward_hook(soften)
-    return model
+    return informative_tiny("grounding_dino")  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +134,8 @@ def calibrate(outputs, num_tokens: int) -> tuple[float, float]:
     probabilities = outputs.logits[0, :, :num_tokens].sigmoid()
     scores = probabilities.max(dim=1).values
     box_threshold = gap_threshold(scores, 4, 10)
+    spread = assert_scores_spread(scores, box_threshold, min_each_side=4, min_gap=MIN_GAP)
+    print(f"reference box scores around {box_threshold:.3f}: {spread}")
     kept = probabilities[scores > box_threshold, 1:]  # the post-processing ignores [CLS]
     count = kept.numel()
     return box_threshold, gap_threshold(kept, count // 4, count * 3 // 5)
@@ -265,15 +262,21 @@ def test_pixel_values_match_the_processor(
 
 
 def detect_both_ways(
-    model, tokenizer, processor, image: np.ndarray, present: list[str]
+    model, tokenizer, processor, image: np.ndarray, present: list[str], image_resize="tensor"
 ) -> dict[str, int]:
     """Reference pipeline vs GroundingDetector end to end; returns the cases seen."""
     caption = build_captions(VOC, present, tokenizer)[0]
     inputs, outputs = official(processor, model, image, caption)
     thresholds = calibrate(outputs, inputs["input_ids"].shape[1])
     detector = GroundingDetector(
-        model, tokenizer, *thresholds, image_size=800, max_size=1333, batch_mode="per_image"
-    )  # the processor's call: one image, caption padded to its own length
+        model,
+        tokenizer,
+        *thresholds,
+        image_size=800,
+        max_size=1333,
+        image_resize=image_resize,
+        batch_mode="per_image",  # the processor's call: one image, caption padded to its length
+    )
     (ours,) = detector([as_tensor(image)], [present], VOC)
     return compare(
         ours, processor, inputs, outputs, caption, present, tokenizer, thresholds, image.shape[:2]
@@ -295,6 +298,17 @@ def test_detections_match_the_official_pipeline(
     image = random_image(height, width, seed=height)
     counts = detect_both_ways(model, tokenizer, processor, image, present)
     assert counts["one_class"] + counts["several_classes"] >= 1
+
+
+def test_detection_comparison_fails_with_another_resize(model, tokenizer, processor) -> None:
+    """The check above can fail: PIL's resize (the released code's, ``image_resize: pil``)
+    instead of the processor's changes the pixels by a grey level or two, and the detections."""
+    needs_torchvision_backend(processor)
+    image = random_image(240, 320, seed=240)
+    detect_both_ways(model, tokenizer, processor, image, CLASS_LISTS[1])  # as-is: the same
+    with pytest.raises(AssertionError) as failure:
+        detect_both_ways(model, tokenizer, processor, image, CLASS_LISTS[1], image_resize="pil")
+    print(f"pil resize fails at: {failure.traceback[-1].statement}")
 
 
 @pytest.mark.sample_data

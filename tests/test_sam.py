@@ -1,4 +1,9 @@
-"""SamSegmenter on a tiny random SAM, checked against segment-anything's own SamPredictor."""
+"""SamSegmenter on a tiny random SAM, checked against segment-anything's own SamPredictor.
+
+The SAM is ``informative_tiny("sam")``: mask logits scaled (exactly, by 2**8) so that the
+reference's logits sit far from the threshold (median |logit| ~5) and a comparison of masks means
+something; each comparison has a sibling showing that a plausible mistake makes it fail.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,27 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from equivalence import (
+    assert_class_maps_match,
+    assert_informative_masks,
+    compare_class_maps,
+    threshold_margin,
+)
 from segment_anything import SamPredictor
 from torch import Tensor
 
 from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.sam import SamSegmenter
-from wsss_pl.labeling.tiny import tiny_sam, tiny_segmenter
+from wsss_pl.labeling.tiny import informative_tiny, tiny_sam
+
+# Mask pixels whose reference logit is this close to the threshold may flip between two float
+# paths (batched vs single encoder); measured differences of such logits are ~1e-5.
+MASK_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
 def segmenter() -> SamSegmenter:
-    return tiny_segmenter(encoder_batch_size=4)
+    return SamSegmenter(informative_tiny("sam"), encoder_batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +72,51 @@ def test_masks_shapes_per_image(segmenter, images) -> None:
         assert scores.dtype == torch.float32 and scores.shape == (len(boxes),)
 
 
-def test_matches_segment_anything_predictor(segmenter, images) -> None:
-    """Same masks as SamPredictor.predict_torch on the same resized image and boxes."""
-    image, boxes = images[0], BOXES[0]
-    masks, scores = segmenter([image], [boxes])[0]
-    predictor = SamPredictor(segmenter.sam)
+def predictor_reference(
+    sam, image: Tensor, boxes: Tensor, multimask_index: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """SamPredictor.predict_torch on ``image`` resized as SamSegmenter's ``tensor`` mode does:
+    mask logits [N, H, W] and IoU [N] (``multimask_index``: that output of the 3-mask head
+    instead of the single-mask output)."""
+    predictor = SamPredictor(sam)
+    size = predictor.transform.get_preprocess_shape(*image.shape[-2:], 1024)
     resized = F.interpolate(
-        image[None].float(), (768, 1024), mode="bilinear", align_corners=False, antialias=True
-    )
+        image[None].float(), size, mode="bilinear", align_corners=False, antialias=True
+    )  # the predictor's own resize is PIL's: see test_paper_labels for that mode
     predictor.set_torch_image(resized, tuple(image.shape[-2:]))
     prompt = predictor.transform.apply_boxes_torch(boxes, tuple(image.shape[-2:]))
-    expected, iou, _ = predictor.predict_torch(None, None, boxes=prompt, multimask_output=False)
-    assert torch.equal(masks, expected[:, 0])
-    assert torch.allclose(scores, iou[:, 0])
+    logits, iou, _ = predictor.predict_torch(
+        None, None, boxes=prompt, multimask_output=multimask_index is not None, return_logits=True
+    )
+    index = multimask_index or 0
+    return logits[:, index], iou[:, index]
+
+
+def test_matches_segment_anything_predictor(segmenter, images) -> None:
+    """Same masks (bit for bit) as SamPredictor.predict_torch on the same resized image and boxes,
+    with reference logits far from the threshold."""
+    image, boxes = images[0], BOXES[0]
+    masks, scores = segmenter([image], [boxes])[0]
+    logits, iou = predictor_reference(segmenter.sam, image, boxes)
+    stats = assert_informative_masks(logits, boxes)
+    print(f"SAM reference: {stats}")
+    assert torch.equal(masks, logits > segmenter.sam.mask_threshold)
+    assert torch.allclose(scores, iou)
+
+
+@pytest.mark.parametrize("mistake", ["box shifted 4 px", "multimask index 1"])
+def test_predictor_comparison_fails_on_a_mistake(segmenter, images, mistake: str) -> None:
+    """The check above can fail: a box off by 4 pixels or another mask output changes masks on
+    pixels whose reference logit is far above float noise."""
+    image, boxes = images[0], BOXES[0]
+    masks, _ = segmenter([image], [boxes])[0]
+    if mistake == "box shifted 4 px":
+        logits, _ = predictor_reference(segmenter.sam, image, boxes + 4.0)
+    else:
+        logits, _ = predictor_reference(segmenter.sam, image, boxes, multimask_index=1)
+    result = compare_class_maps(masks, logits > 0, threshold_margin(logits), MASK_TOLERANCE)
+    print(f"SAM with {mistake}: {result}")
+    assert result.unexcused >= 100
 
 
 def test_images_without_boxes_are_not_encoded(segmenter, images, monkeypatch) -> None:
@@ -92,9 +139,13 @@ def test_batched_encoder_equals_one_by_one(segmenter, images, monkeypatch) -> No
     sizes = count_encoder_batches(single, monkeypatch)
     one_by_one = single(images, BOXES)
     assert sizes == [1, 1, 1]
-    for (masks_a, scores_a), (masks_b, scores_b) in zip(batched, one_by_one, strict=True):
-        # float noise between batch sizes may flip a pixel sitting exactly on the threshold
-        assert (masks_a != masks_b).float().mean() < 1e-3
+    for (masks_a, scores_a), (masks_b, scores_b), image, boxes in zip(
+        batched, one_by_one, images, BOXES, strict=True
+    ):
+        # Float noise between batch sizes may flip only pixels at a near-tie with the threshold.
+        logits, _ = predictor_reference(single.sam, image, boxes)
+        assert torch.equal(masks_b, logits > 0)  # a batch of one is the predictor, bit for bit
+        assert_class_maps_match(masks_a, masks_b, threshold_margin(logits), MASK_TOLERANCE)
         assert torch.allclose(scores_a, scores_b, atol=1e-5)
 
 

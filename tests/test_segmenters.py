@@ -1,4 +1,8 @@
-"""Pluggable segmenters: each against its own library's reference predictor (tiny random)."""
+"""Pluggable segmenters: each against its own library's reference predictor (tiny random).
+
+The equivalence tests use ``informative_tiny`` (mask logits scaled so the reference's are far
+from the threshold) and each has a sibling showing that a plausible mistake makes it fail.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from equivalence import (
+    assert_class_maps_match,
+    assert_informative_masks,
+    compare_class_maps,
+    threshold_margin,
+)
 
 from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.segmenters import HQSamSpec, SamSpec
+from wsss_pl.labeling.tiny import informative_tiny
 
 BOXES = torch.tensor([[10.0, 20, 200, 150], [150, 40, 300, 230], [0, 0, 320, 240]])
+MASK_TOLERANCE = 1e-3  # |logit| below this may flip between two float paths (see test_sam)
 
 
 @pytest.fixture(scope="module")
@@ -20,26 +32,54 @@ def image() -> torch.Tensor:
     return torch.randint(0, 256, (3, 240, 320), dtype=torch.uint8, generator=generator)
 
 
-def test_hq_sam_matches_its_predictor(image: torch.Tensor) -> None:
+@pytest.fixture(scope="module")
+def hq_segmenter():
+    from wsss_pl.labeling.segmenters import HQSamSegmenter
+
+    return HQSamSegmenter(informative_tiny("hq_sam"))
+
+
+def hq_reference(sam, image: torch.Tensor, boxes: torch.Tensor, hq_token_only: bool = False):
+    """segment_anything_hq.SamPredictor.predict_torch on the image resized as the segmenter's
+    ``tensor`` mode does: mask logits [N, H, W] and IoU [N]."""
     from segment_anything_hq import SamPredictor
 
-    segmenter = HQSamSpec(checkpoint="tiny").build()
-    (masks, scores), (empty, _) = segmenter([image, image], [BOXES, torch.zeros(0, 4)])
-    assert (
-        masks.shape == (3, 240, 320) and masks.dtype == torch.bool and empty.shape == (0, 240, 320)
-    )
-    predictor = SamPredictor(segmenter.sam)
+    predictor = SamPredictor(sam)
     resized = F.interpolate(
         image[None].float(), (768, 1024), mode="bilinear", align_corners=False, antialias=True
     )  # the segmenter's resize; the predictor's own is PIL's (not bit-identical)
     predictor.set_torch_image(resized, (240, 320))
-    prompt = predictor.transform.apply_boxes_torch(BOXES, (240, 320))
-    expected, iou, _ = predictor.predict_torch(
-        None, None, boxes=prompt, multimask_output=False, hq_token_only=False
+    prompt = predictor.transform.apply_boxes_torch(boxes, (240, 320))
+    logits, iou, _ = predictor.predict_torch(
+        None, None, boxes=prompt, multimask_output=False, hq_token_only=hq_token_only,
+        return_logits=True,
+    )  # fmt: skip
+    return logits[:, 0], iou[:, 0]
+
+
+def test_hq_sam_matches_its_predictor(image: torch.Tensor, hq_segmenter) -> None:
+    """Bit-identical masks to segment_anything_hq's predictor (``tensor`` resize on both sides;
+    with ``image_resize: pil`` that is the predictor's ``set_image``)."""
+    (masks, scores), (empty, _) = hq_segmenter([image, image], [BOXES, torch.zeros(0, 4)])
+    assert (
+        masks.shape == (3, 240, 320) and masks.dtype == torch.bool and empty.shape == (0, 240, 320)
     )
-    assert torch.equal(masks, expected[:, 0])
-    assert torch.allclose(scores, iou[:, 0])
-    assert 0 < int(masks.sum()) < masks.numel()  # not trivially empty or full
+    logits, iou = hq_reference(hq_segmenter.sam, image, BOXES)
+    print(f"HQ-SAM reference: {assert_informative_masks(logits, BOXES)}")
+    assert torch.equal(masks, logits > 0)
+    assert torch.allclose(scores, iou)
+
+
+@pytest.mark.parametrize("mistake", ["box shifted 4 px", "hq_token_only"])
+def test_hq_sam_comparison_fails_on_a_mistake(image, hq_segmenter, mistake: str) -> None:
+    ((masks, _),) = hq_segmenter([image], [BOXES])
+    if mistake == "box shifted 4 px":
+        logits, _ = hq_reference(hq_segmenter.sam, image, BOXES + 4.0)
+    else:  # the HQ token alone instead of SAM's + HQ's logits (the package's default)
+        logits, _ = hq_reference(hq_segmenter.sam, image, BOXES, hq_token_only=True)
+    result = compare_class_maps(masks, logits > 0, threshold_margin(logits), MASK_TOLERANCE)
+    print(f"HQ-SAM with {mistake}: {result}")
+    assert result.unexcused >= 100
 
 
 def test_sam_spec_is_the_default_segmenter(image: torch.Tensor) -> None:
@@ -89,27 +129,56 @@ def test_online_labels_with_a_pluggable_segmenter(tmp_path: Path) -> None:
     assert isinstance(labels._labeler.segmenter, HQSamSegmenter)  # type: ignore[union-attr]
 
 
-def test_sam2_matches_transformers_reference(image: torch.Tensor) -> None:
-    """Sam2Segmenter (device preprocessing, batched encoder, all boxes per decoder call) gives the
-    masks of the documented transformers call: processor(images, input_boxes) -> Sam2Model ->
-    post_process_masks."""
-    from wsss_pl.labeling.segmenters import Sam2Spec
+@pytest.fixture(scope="module")
+def sam2_segmenter():
+    from wsss_pl.labeling.segmenters import Sam2Segmenter, sam2_processor
 
-    segmenter = Sam2Spec(model="tiny").build(encoder_batch_size=1)
+    return Sam2Segmenter(informative_tiny("sam2"), sam2_processor(), encoder_batch_size=1)
+
+
+def sam2_reference(segmenter, image: torch.Tensor, boxes: torch.Tensor, multimask_index=None):
+    """The documented transformers call: processor(images, input_boxes) -> Sam2Model ->
+    post_process_masks; mask logits [N, H, W] and IoU [N] (``multimask_index``: that output of
+    the 3-mask head instead of the single-mask output)."""
     processor = segmenter.processor
-    inputs = processor(images=image, input_boxes=[BOXES.tolist()], return_tensors="pt")
+    inputs = processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
     with torch.no_grad():
-        out = segmenter.model(**inputs, multimask_output=False)
-    expected = processor.post_process_masks(out.pred_masks, inputs["original_sizes"])[0][:, 0]
-    (masks, scores), (empty, _) = segmenter([image, image], [BOXES, torch.zeros(0, 4)])
+        out = segmenter.model(**inputs, multimask_output=multimask_index is not None)
+    logits = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], binarize=False)
+    index = multimask_index or 0
+    return logits[0][:, index], out.iou_scores[0, :, index]
+
+
+def test_sam2_matches_transformers_reference(image: torch.Tensor, sam2_segmenter) -> None:
+    """Sam2Segmenter (device preprocessing, batched encoder, all boxes per decoder call) gives the
+    masks of the documented transformers call, bit for bit, with its single-mask output (the
+    mask chosen by stability, which depends on the logits' scale: informative ones here)."""
+    logits, iou = sam2_reference(sam2_segmenter, image, BOXES)
+    print(f"SAM 2 reference: {assert_informative_masks(logits, BOXES)}")
+    (masks, scores), (empty, _) = sam2_segmenter([image, image], [BOXES, torch.zeros(0, 4)])
     assert masks.shape == (3, 240, 320) and empty.shape == (0, 240, 320)
-    assert torch.equal(masks, expected.bool())
-    assert torch.allclose(scores, out.iou_scores[0, :, 0], atol=1e-5)
-    assert 0 < int(masks.sum()) < masks.numel()
-    # A batched encoder gives the same masks up to the last bits of batched matrix products.
+    assert torch.equal(masks, logits > 0)
+    assert torch.allclose(scores, iou, atol=1e-5)
+    # A batched encoder gives the same masks up to the last bits of batched matrix products:
+    # only near-ties with the threshold may flip.
+    from wsss_pl.labeling.segmenters import Sam2Segmenter
+
+    batched = Sam2Segmenter(sam2_segmenter.model, sam2_segmenter.processor, encoder_batch_size=2)
     other = torch.flip(image, dims=[2])
-    batched = Sam2Spec(model="tiny").build(encoder_batch_size=2)([image, other], [BOXES, BOXES])
-    assert (batched[0][0] != masks).float().mean() < 1e-3
+    ((batched_masks, _), _) = batched([image, other], [BOXES, BOXES])
+    assert_class_maps_match(batched_masks, masks, threshold_margin(logits), MASK_TOLERANCE)
+
+
+@pytest.mark.parametrize("mistake", ["box shifted 4 px", "multimask index 0"])
+def test_sam2_comparison_fails_on_a_mistake(image, sam2_segmenter, mistake: str) -> None:
+    ((masks, _),) = sam2_segmenter([image], [BOXES])
+    if mistake == "box shifted 4 px":
+        logits, _ = sam2_reference(sam2_segmenter, image, BOXES + 4.0)
+    else:  # the first of the three multimask outputs instead of the single-mask output
+        logits, _ = sam2_reference(sam2_segmenter, image, BOXES, multimask_index=0)
+    result = compare_class_maps(masks, logits > 0, threshold_margin(logits), MASK_TOLERANCE)
+    print(f"SAM 2 with {mistake}: {result}")
+    assert result.unexcused >= 100
 
 
 def test_sam2_offline_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,12 +3,20 @@
 They run the real code paths (tokenizer, phrase masks, deformable attention, SAM's prompt
 encoder and mask decoder) in milliseconds on a CPU, for tests and the CPU demo config. Their
 outputs are random: never use them to judge label quality.
+
+Equivalence tests need more than random: with default initialisation the tiny SAM 2's mask logits
+are ~1e-5 and tiny SAM's ~0.02, so a mask compared with a reference is float noise around the
+threshold, and Grounding DINO's scores saturate near 1, so no box sits below a threshold.
+``informative_tiny`` is the one builder those tests use: the same seeded models with their output
+layers scaled (``scale_mask_logits``; ``tiny_grounding_dino(logit_scale=...)``) so that mask
+logits are well away from the threshold (median |logit| > 1) and detector scores spread across
+the usual thresholds. The default builders (demos, cache fingerprints) stay unscaled.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from segment_anything.modeling import (
@@ -18,6 +26,7 @@ from segment_anything.modeling import (
     Sam,
     TwoWayTransformer,
 )
+from torch import nn
 from transformers import (
     BertConfig,
     GroundingDinoConfig,
@@ -32,10 +41,15 @@ from wsss_pl.labeling.tokenizer import BERT_VOCAB_SIZE, bert_tokenizer
 SAM_IMAGE_SIZE = 1024  # SAM's box/mask geometry assumes a 1024 px input
 
 
-def tiny_grounding_dino(seed: int = 0) -> GroundingDinoForObjectDetection:
+def tiny_grounding_dino(seed: int = 0, logit_scale: float = 1.0) -> GroundingDinoForObjectDetection:
     """A ~1.4 M-parameter Grounding DINO: 4-stage Swin (dim 16), 1-layer BERT with the full
     bert-base-uncased vocabulary (so the real tokenizer's ids fit), 20 queries, 2 decoder layers
-    (the model needs at least 2)."""
+    (the model needs at least 2).
+
+    ``logit_scale`` (> 0) multiplies the output layer's token logits [B, Q, 256] (the decoder
+    levels' contrastive heads; -inf padding stays -inf); 1 is the plain random model, whose
+    scores saturate near 1. The two-stage proposal head is not touched, so boxes are unchanged.
+    """
     backbone = SwinConfig(
         embed_dim=16,
         depths=[1, 1, 1, 1],
@@ -64,14 +78,22 @@ def tiny_grounding_dino(seed: int = 0) -> GroundingDinoForObjectDetection:
         encoder_n_points=2,
         decoder_n_points=2,
     )
+    if logit_scale <= 0:
+        raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return GroundingDinoForObjectDetection(config).eval()
+        model = GroundingDinoForObjectDetection(config).eval()
+    if logit_scale != 1.0:
+        # The contrastive head has no weights (query @ text^T): scale its output instead.
+        for head in model.class_embed:
+            head.register_forward_hook(lambda module, inputs, output: output * logit_scale)
+    return model
 
 
-def tiny_sam(seed: int = 0) -> Sam:
+def tiny_sam(seed: int = 0, mask_logit_scale: float = 1.0) -> Sam:
     """A SAM with SAM's 1024 px input and 64x64 embedding grid but a 1-block ViT of width 32
-    (windowed attention only) and a 32-wide two-way transformer."""
+    (windowed attention only) and a 32-wide two-way transformer; ``mask_logit_scale``: see
+    ``scale_mask_logits`` (1 = the plain random model)."""
     patch_size, dim = 16, 32
     grid = SAM_IMAGE_SIZE // patch_size
     with torch.random.fork_rng(devices=[]):
@@ -103,7 +125,71 @@ def tiny_sam(seed: int = 0) -> Sam:
                 iou_head_hidden_dim=32,
             ),
         )
-    return sam.eval()
+    return scale_mask_logits(sam, mask_logit_scale).eval()
+
+
+def scale_mask_logits(model: nn.Module, factor: float) -> nn.Module:
+    """Multiply a SAM-family mask decoder's mask logits by ``factor`` (> 0), in place.
+
+    Mask logits are ``hyper_in @ upscaled_embedding`` in SAM, HQ-SAM (its HQ token's MLP too) and
+    transformers' SAM 2, linear in the hypernetwork MLPs' last layers, so scaling those layers'
+    weights and biases scales every mask logit and nothing else (IoU head and image features are
+    untouched). With a power of two the scaling is exact in floating point, so masks thresholded
+    at 0 are bit-identical; only how far they sit from the threshold changes. (SAM 2's
+    single-mask output picks a mask by stability at +-0.05, which does depend on the scale.)
+
+    Args:
+        model: ``segment_anything`` / ``segment_anything_hq`` ``Sam`` or transformers
+            ``Sam2Model``.
+        factor: the scale.
+
+    Returns:
+        ``model`` itself.
+    """
+    if factor <= 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    if factor == 1.0:
+        return model
+    decoder = model.mask_decoder
+    mlps = list(decoder.output_hypernetworks_mlps)
+    if hasattr(decoder, "hf_mlp"):  # HQ-SAM's high-quality token
+        mlps.append(decoder.hf_mlp)
+    with torch.no_grad():
+        for mlp in mlps:
+            last = mlp.proj_out if hasattr(mlp, "proj_out") else mlp.layers[-1]  # SAM 2 / SAM
+            last.weight.mul_(factor)
+            last.bias.mul_(factor)
+    return model
+
+
+InformativeKind = Literal["sam", "hq_sam", "sam2", "grounding_dino"]
+# Output scales measured on the VOC sample 2007_000033.jpg (two boxes): median |mask logit| of the
+# plain models 0.020 (SAM), 0.056 (HQ-SAM, SAM + HQ token), 4.2e-6 (SAM 2); Grounding DINO's box
+# scores 0.52-0.99999 (all 20 queries above 0.3). Powers of two keep the SAM scalings exact.
+INFORMATIVE_SCALES: dict[str, float] = {
+    "sam": 2.0**8,
+    "hq_sam": 2.0**6,
+    "sam2": 2.0**20,
+    "grounding_dino": 0.25,
+}
+
+
+def informative_tiny(kind: InformativeKind, seed: int = 0) -> nn.Module:
+    """The tiny random model ``kind`` with its output layer scaled by ``INFORMATIVE_SCALES``:
+    the one builder of every equivalence test against a library reference.
+
+    ``sam``: ``tiny_sam``; ``hq_sam``: ``segmenters.tiny_hq_sam``; ``sam2``:
+    ``segmenters.tiny_sam2`` (masks scaled by ``scale_mask_logits``); ``grounding_dino``:
+    ``tiny_grounding_dino`` with ``logit_scale``. Same seeded weights as the plain builders.
+    """
+    scale = INFORMATIVE_SCALES[kind]
+    if kind == "sam":
+        return tiny_sam(seed, mask_logit_scale=scale)
+    if kind == "grounding_dino":
+        return tiny_grounding_dino(seed, logit_scale=scale)
+    from wsss_pl.labeling.segmenters import tiny_hq_sam, tiny_sam2
+
+    return scale_mask_logits((tiny_hq_sam if kind == "hq_sam" else tiny_sam2)(seed), scale)
 
 
 def vit_b_shaped_sam(img_size: int = 256, seed: int = 0, rel_pos_std: float = 0.5) -> Sam:
