@@ -509,6 +509,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
         self.boxes: dict[str, ImageBoxes] | None = None
         self._voc_annotations: Path | None = None
         self._yolo_dir: Path | None = None
+        self._boxes_path: Path | None = None  # the JSON box file or COCO instances file read
         self._boxes_digest: str | None = None
         self._pending: list[ImageBoxes] = []
 
@@ -535,6 +536,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
                     "dataset's own boxes"
                 )
             self.boxes = json_boxes(path, vocabulary)
+            self._boxes_path = path
             _check_box_ids(source, list(self.boxes), path)
         elif hasattr(source, "year") and vocabulary.category_ids is not None:  # COCO
             split = source.splits["train"]  # type: ignore[attr-defined]
@@ -543,6 +545,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             if not path.is_file():
                 raise DataError(f"COCO boxes: {path} does not exist; put the annotations in place")
             self.boxes = coco_boxes(path, vocabulary)
+            self._boxes_path = path
         else:  # VOC: one XML per id, read at labelling time
             from wsss_pl.data.voc import find_voc_base
 
@@ -584,7 +587,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
         else:
             assert self.boxes is not None
             boxes = self.boxes.get(sample_id, ImageBoxes.empty())
-            path = Path(self.box_file) if self.box_file is not None else Path("COCO instances")
+            path = self._boxes_path or Path("boxes")
         check_inside(boxes, height, width, f"{path}: id {sample_id!r}")
         return boxes
 
