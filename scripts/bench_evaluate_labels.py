@@ -73,15 +73,23 @@ def _timed(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - tiny 
 
 
 def main() -> None:
-    default_data = Path(os.environ.get("WSSS_PL_SAMPLE_DATA", "/work/shared/data"))
+    sample_data = os.environ.get("WSSS_PL_SAMPLE_DATA")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--data", type=Path, default=default_data / "voc_sample/SegmentationClassAug"
+        "--data",
+        type=Path,
+        default=Path(sample_data) / "voc_sample/SegmentationClassAug" if sample_data else None,
+        help="folder of ground-truth PNGs (default: $WSSS_PL_SAMPLE_DATA/voc_sample/"
+        "SegmentationClassAug)",
     )
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--baseline-images", type=int, default=1500)
     parser.add_argument("--limit", type=int, default=0, help="use only the first K masks (0 = all)")
     args = parser.parse_args()
+    if args.data is None or not args.data.is_dir():
+        parser.error(
+            f"no ground-truth PNG folder {args.data}: pass --data or set WSSS_PL_SAMPLE_DATA"
+        )
 
     gt_dir = args.data
     ids = sorted(p.stem for p in gt_dir.glob("*.png"))

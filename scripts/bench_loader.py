@@ -15,8 +15,8 @@ process, per sample:
   (persistent workers; the first epoch, with worker start-up, is the warm-up). With
   ``--device cuda`` batches are pinned and moved to the GPU inside the timed loop.
 
-Reference rows (not the pipeline's files) when real VOC samples are found (``--real-voc``, default
-``$WSSS_PL_SAMPLE_DATA/voc_sample`` or ``/work/shared/data/voc_sample``): decoding the real VOC
+Reference rows (not the pipeline's files) when real VOC samples are given (``--real-voc DIR``, or
+``$WSSS_PL_SAMPLE_DATA/voc_sample``; neither: no reference rows): decoding the real VOC
 JPEGs there (only a few, cycled to ``--num-images`` decodes) and real SegmentationClassAug PNGs.
 The synthetic images carry pixel noise, so they are larger and slower to decode than real ones.
 
@@ -116,11 +116,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--root", type=Path, default=None, help="dataset + cache directory (default: temporary)"
     )
-    default_real = Path(os.environ.get("WSSS_PL_SAMPLE_DATA", "/work/shared/data")) / "voc_sample"
+    sample_data = os.environ.get("WSSS_PL_SAMPLE_DATA")
     parser.add_argument(
         "--real-voc",
         type=Path,
-        default=default_real,
+        default=Path(sample_data) / "voc_sample" if sample_data else None,
         help="real VOC sample root (VOC2012/JPEGImages, SegmentationClassAug) for reference rows",
     )
     parser.add_argument("--no-real", action="store_true", help="skip the real-VOC reference rows")
@@ -183,7 +183,7 @@ def main() -> None:
         references: dict[str, Callable[[], None]] = {}
         real_jpegs: list[Path] = []
         real_pngs: list[Path] = []
-        if not args.no_real:
+        if not args.no_real and args.real_voc is not None:
             real_jpegs = sorted((args.real_voc / "VOC2012" / "JPEGImages").glob("*.jpg"))
             real_pngs = sorted((args.real_voc / "SegmentationClassAug").glob("*.png"))
             real_pngs = real_pngs[: len(ids)]

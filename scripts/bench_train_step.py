@@ -8,8 +8,8 @@ groups). Inputs are random crops already on the device, so only the model is tim
 Rows: backbones (default resnet101 = baseline, resnet50, resnet18) x precision (fp32, and bf16
 autocast on CUDA) x memory format (contiguous, plus channels_last with ``--channels-last``).
 FLOPs of one step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (during the first
-warm-up step) to give GFLOP per image and the achieved TFLOP/s; DESIGN.md's anchor is about
-450 GFLOP per training image for R101 OS8 at 321x321.
+warm-up step) to give GFLOP per image and the achieved TFLOP/s; the anchor it is compared with is
+about 450 GFLOP per training image for R101 OS8 at 321x321.
 
 Then Lightning's overhead: ``Trainer.fit`` of ``SegmentationModule`` (the real training_step,
 its logging, counters and poly schedule) against a plain PyTorch loop doing the same forward, loss,
@@ -47,7 +47,7 @@ from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.data.augment import BatchAugment
 from wsss_pl.models.deeplab_v2 import DeepLabV2
 
-ANCHOR_GFLOP_PER_IMAGE = 450.0  # DESIGN.md, R101 OS8 at 321x321, one training image
+ANCHOR_GFLOP_PER_IMAGE = 450.0  # R101 OS8 at 321x321, one training image (forward + backward)
 
 
 @dataclass

@@ -9,13 +9,15 @@
 # Without a CUDA device it still runs: it writes the report with the environment and a clear
 # "SKIPPED (no CUDA device)" line per CUDA step (tests/test_gpu_check.py runs it that way).
 #
-# On the lent GPU machine (device tool `run`; its image lacks a few of our dependencies, see
-# DESIGN.md, "The lent GPU machine"): prepare the wheels here first,
-#     scripts/prepare_gpu_wheels.sh            # cp312 x86-64 wheels into the git-ignored wheels/
-# then run, with carry ["wheels"]:
+# On any CUDA machine with network access:
+#     pip install -c constraints.txt -e ".[dev]" && scripts/gpu_check.sh DIR
+# Offline (e.g. a PyTorch + CUDA image without network that lacks a few of our dependencies): on a
+# networked machine download them into the git-ignored wheels/ folder,
+#     PYTHON_VERSION=3.12 scripts/prepare_gpu_wheels.sh   # the GPU machine's Python version
+# copy the checkout with wheels/ to the GPU machine, and there run
 #     pip install --no-index --find-links wheels/ --no-deps wheels/*.whl && \
-#     pip install --no-deps -e . && scripts/gpu_check.sh "$OUT"
-# (--no-deps keeps the image's torch; W&B is not needed: the checks log nothing to it.)
+#     pip install --no-deps -e . && scripts/gpu_check.sh DIR
+# (--no-deps keeps the machine's torch; W&B is not needed: the checks log nothing to it.)
 set -uo pipefail
 
 cd "$(dirname "$0")/.."

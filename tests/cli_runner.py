@@ -78,3 +78,41 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli_in_process(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``wsss_pl.cli.main(ARGS)`` in this process, in ``cwd``: the real CLI path (argument
+    parsing, the command, the error handler) without a new interpreter's ~5 s of imports. Exit
+    codes and output as ``run_cli``'s; an exception that escapes ``main`` is printed as Python
+    would print it (a "Traceback" on stderr, exit code 1), so a test sees it as a user would."""
+    import contextlib
+    import io
+    import traceback
+
+    from wsss_pl.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    old_cwd, old_env = Path.cwd(), dict(os.environ)
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"})
+    os.environ.update(env or {})
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:
+                code = (
+                    exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                )
+            except Exception:  # noqa: BLE001 - shown as the interpreter would show it
+                traceback.print_exc(file=stderr)
+                code = 1
+    finally:
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+    return subprocess.CompletedProcess(
+        [sys.executable, "-m", "wsss_pl", *args], code, stdout.getvalue(), stderr.getvalue()
+    )

@@ -28,6 +28,13 @@ from wsss_pl.labeling.cache import decode_rle
 from wsss_pl.labeling.tiny import tiny_segmenter
 
 
+def _centres_inside(box: list[float], height: int, width: int) -> torch.Tensor:
+    """bool [H, W]: pixels whose centre (x + 0.5, y + 0.5) lies in [x1, x2) x [y1, y2)."""
+    x1, y1, x2, y2 = box
+    xs, ys = torch.arange(width) + 0.5, torch.arange(height) + 0.5
+    return ((ys >= y1) & (ys < y2))[:, None] & ((xs >= x1) & (xs < x2))[None, :]
+
+
 def test_voc_xml_boxes_are_zero_based_xyxy(tmp_path: Path) -> None:
     xml = tmp_path / "a.xml"
     xml.write_text(
@@ -126,8 +133,7 @@ def test_real_coco_sample_boxes_and_labels(sample_data: Path, tmp_path: Path) ->
         assert all(m.shape == (h, w) for m in masks)
         covered = torch.stack(masks).any(0) if masks else torch.zeros(h, w, dtype=torch.bool)
         for x1, y1, x2, y2 in own.boxes[own.crowd].tolist():
-            region = torch.zeros(h, w, dtype=torch.bool)
-            region[round(y1) : round(y2), round(x1) : round(x2)] = True
+            region = _centres_inside([x1, y1, x2, y2], h, w)
             assert bool((label[region & ~covered] == 255).all())
         assert torch.equal(batch["target"][row, :h, :w], label)
         assert sorted(metadata["classes"]) == sorted(dataset.image_labels(sample_id))
@@ -157,7 +163,9 @@ def test_label_pass_on_voc_xml_boxes(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert metadata is not None and len(metadata["instances"]) == len(xml.labels)
     # Another box source is another fingerprint.
     box_file = tmp_path / "boxes.json"
-    box_file.write_text(json.dumps({"x": [{"box": [1, 2, 11, 22], "class": "cat"}]}))
+    box_file.write_text(
+        json.dumps({source.dataset("train").ids[0]: [{"box": [1, 2, 11, 22], "class": "cat"}]})
+    )
     other = BoxPromptLabels(
         cache_root=str(tmp_path / "cache"), sam_checkpoint="tiny", box_file=str(box_file)
     )

@@ -13,7 +13,7 @@ from torch import nn
 from wsss_pl.classes import VOC
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.voc import VOC as VOCSource
-from wsss_pl.errors import UnknownClassError
+from wsss_pl.errors import ConfigError, UnknownClassError
 from wsss_pl.labeling.cache import decode_rle
 from wsss_pl.labeling.exclusion import with_exclusion_phrases
 from wsss_pl.labeling.grounding import Detections
@@ -61,7 +61,7 @@ def test_vocabulary_and_errors() -> None:
     vocabulary = with_exclusion_phrases(VOC, {"diningtable": ["tablecloth"]})
     assert vocabulary.assist_words["diningtable"][-1] == "tablecloth"
     assert "plate" in vocabulary.assist_words["diningtable"]  # the paper's assist words stay
-    with pytest.raises(ValueError, match="plate"):  # assist and exclusion at once
+    with pytest.raises(ConfigError, match="plate"):  # assist and exclusion at once
         with_exclusion_phrases(VOC, {"diningtable": ["plate"]})
     with pytest.raises(UnknownClassError, match="table"):
         with_exclusion_phrases(VOC, {"table": ["plate"]})

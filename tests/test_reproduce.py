@@ -19,8 +19,9 @@ def test_dry_run_reproduction_runs_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "repro"
     result = run_cli(["reproduce", "voc", "--dry-run", "--out", str(out)], tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for stage in ("label", "fit", "test", "predict"):
+    for stage in ("label", "score", "fit", "test", "predict"):
         assert (out / "logs" / f"{stage}.log").is_file()
+    assert "[reproduce] score" in (out / "logs" / "score.log").read_text()  # its own log
     payload = json.loads((out / "results.json").read_text())
     rows = {row["key"]: row for row in payload["rows"]}
     assert [r["paper"] for r in payload["rows"]] == [t.paper for t in PAPER["voc"]]

@@ -160,7 +160,28 @@ def explain_argument_error(message: str, parser: Any, argv: list[str]) -> str:
         choices = re.findall(r"'([^']*)'", found.group(1))
         guess = _closest(found.group(2), choices)
         return text + (f" (did you mean {guess!r}?)" if guess else "")
-    return text
+    return _restriction_message(text) or text
+
+
+def _restriction_message(text: str) -> str | None:
+    """'KEY must be > 0, got 0' for a value that breaks a restricted type (PositiveFloat, ...)
+    declared on an option, or None. Nested keys join the outer key, ``init_args`` and the
+    parameter (``data.train_labels.init_args.write_workers``)."""
+    found = re.search(r"Not of type (\w+): (.*?) does not (conform to restriction|match)", text)
+    if not found:
+        return None
+    keys = re.findall(r'Parser key "([\w.]+)"', text[: found.start()])
+    if not keys:
+        return None
+    key = keys[0] + "".join(f".init_args.{k}" for k in keys[1:])
+    wanted = {
+        "PositiveInt": "an integer >= 1",
+        "PositiveFloat": "a number > 0",
+        "NonNegativeInt": "an integer >= 0",
+        "NonNegativeFloat": "a number >= 0",
+        "NotEmptyStr": "a non-empty string",
+    }.get(found.group(1), found.group(1))
+    return f"{key} must be {wanted}, got {found.group(2)!r}"
 
 
 class WsssArgumentParser(LightningArgumentParser):
@@ -614,6 +635,43 @@ def _wsss_error(error: BaseException) -> WsssError | None:
     return None
 
 
+# Errors that, raised from a command, almost always come from what the user gave (a value, a
+# key, a path): printed as one line too. WSSS_PL_DEBUG=1 shows their traceback instead.
+USER_INPUT_ERRORS = (ValueError, KeyError, OSError)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message for an error caused by bad input, or None (a bug: traceback).
+
+    A WsssError anywhere in the cause chain is printed as it is; a ValueError / KeyError /
+    OSError (jsonargparse wraps those raised while building the objects) gets its type and the
+    way to see its traceback appended.
+    """
+    cause = _wsss_error(error)
+    if cause is not None:
+        return _one_line(str(cause))
+    if os.environ.get("WSSS_PL_DEBUG"):
+        return None
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, USER_INPUT_ERRORS):
+            if isinstance(current, OSError) and current.filename is not None:
+                text = f"{current.filename}: {current.strerror or current}"
+            elif isinstance(current, KeyError) and current.args:
+                text = f"unknown key {current.args[0]!r}"
+            else:
+                text = _one_line(str(current)) or type(current).__name__
+            return f"{text} ({type(current).__name__}; WSSS_PL_DEBUG=1 shows the traceback)"
+        seen.add(id(current))
+        current = current.__cause__
+    return None
+
+
 class _DropTip(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "litlogger" not in record.getMessage()
@@ -652,11 +710,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return int(_resolve(COMMANDS[command][1])(rest) or 0)
     except Exception as error:
-        cause = _wsss_error(error)
-        if cause is None:
+        message = user_error_message(error)
+        if message is None:
             raise
         # Bad input: a clear message naming the file, id or key, without a traceback.
-        print(f"{PROG}: error: {cause}", file=sys.stderr)
+        print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     finally:
         _destroy_process_group()

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from wsss_pl.label_files import png_stems, read_label_array
+
 IGNORE = 255
 
 
@@ -187,13 +189,11 @@ def from_totals(
 
 
 def _chunk(args: tuple[list[tuple[str, str, str]], int, int]) -> ImageErrors:
-    from wsss_pl.evaluation import _read_label_array
-
     tasks, num_classes, top_n = args
     errors = ImageErrors(num_classes, top_n)
     for sample_id, gt_path, pred_path in tasks:
-        gt = _read_label_array(gt_path, "ground-truth")
-        pred = _read_label_array(pred_path, "prediction")
+        gt = read_label_array(gt_path, "ground-truth")
+        pred = read_label_array(pred_path, "prediction")
         if pred.shape != gt.shape:
             from wsss_pl.errors import DataError
 
@@ -211,10 +211,8 @@ def diagnose_label_dirs(
     workers: int = 0,
 ) -> Diagnosis:
     """Diagnosis of the ``<id>.png`` label maps in ``pred_dir`` against ``gt_dir`` (ids in both)."""
-    from wsss_pl.evaluation import _png_stems
-
-    gt_files = _png_stems(Path(gt_dir), "ground-truth")
-    pred_files = _png_stems(Path(pred_dir), "prediction")
+    gt_files = png_stems(Path(gt_dir), "ground-truth")
+    pred_files = png_stems(Path(pred_dir), "prediction")
     wanted = [i for i in (ids if ids is not None else sorted(gt_files)) if i in pred_files]
     tasks = [(i, gt_files[i], pred_files[i]) for i in wanted]
     num_classes = len(class_names)

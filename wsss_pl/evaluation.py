@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from wsss_pl.errors import DataError, WsssError
+from wsss_pl.label_files import png_stems, read_label_array
 from wsss_pl.progress import Progress
 
 _BINS = 256 * 256
@@ -78,20 +78,6 @@ class LabelEvaluation:
         return float(self.pred_ignored.sum() / total) if total else float("nan")
 
 
-def _read_label_array(path: str, role: str) -> np.ndarray:
-    """uint8 [H, W] class ids of a 'P' or 'L' PNG; DataError naming the file otherwise."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("P", "L"):
-                raise DataError(
-                    f"{role} file {path} has image mode {image.mode!r}; expected a palette ('P') "
-                    "or greyscale ('L') PNG whose pixel values are class ids (not colours)"
-                )
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"{role} file {path} cannot be decoded ({error})") from error
-
-
 def _bad_values(counts: np.ndarray, num_classes: int) -> list[int]:
     """Values with a non-zero count [256] outside [0, num_classes) and not 255."""
     bad = np.flatnonzero(counts[num_classes:255]) + num_classes
@@ -103,11 +89,11 @@ def _histogram_chunk(args: tuple[list[_Task], int]) -> np.ndarray:
     tasks, num_classes = args
     total = np.zeros(_BINS, dtype=np.int64)
     for sample_id, gt_path, pred_path in tasks:
-        gt = _read_label_array(gt_path, "ground-truth")
+        gt = read_label_array(gt_path, "ground-truth")
         if pred_path is None:
             pred = np.zeros_like(gt)
         else:
-            pred = _read_label_array(pred_path, "prediction")
+            pred = read_label_array(pred_path, "prediction")
             if pred.shape != gt.shape:
                 raise DataError(
                     f"prediction file {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but its "
@@ -134,17 +120,6 @@ def _histogram_chunk(args: tuple[list[_Task], int]) -> np.ndarray:
 def _sized_histogram_chunk(args: tuple[list[_Task], int]) -> tuple[int, np.ndarray]:
     """(number of file pairs, their summed histogram): the count drives the progress display."""
     return len(args[0]), _histogram_chunk(args)
-
-
-def _png_stems(directory: Path, role: str) -> dict[str, str]:
-    if not directory.is_dir():
-        raise DataError(f"{role} directory {directory} does not exist")
-    with os.scandir(directory) as entries:
-        return {
-            entry.name[:-4]: entry.path
-            for entry in entries
-            if entry.name.lower().endswith(".png") and not entry.name.startswith(".")
-        }
 
 
 def default_workers() -> int:
@@ -187,8 +162,8 @@ def evaluate_label_dirs(
         raise ValueError("only ignore_index=255 is supported (labels are uint8 PNGs)")
     if not 1 <= num_classes <= 255:
         raise ValueError(f"num_classes must be in 1..255, got {num_classes}")
-    gt_files = _png_stems(Path(gt_dir), "ground-truth")
-    pred_files = _png_stems(Path(pred_dir), "prediction")
+    gt_files = png_stems(Path(gt_dir), "ground-truth")
+    pred_files = png_stems(Path(pred_dir), "prediction")
     if ids is None:
         wanted = sorted(gt_files)
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_pl.errors import DataError, WeightsError, WsssError
+from wsss_pl.io import check_output_file, make_temp, write_json
 
 Output = Literal["logits", "labels"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -155,23 +156,63 @@ def load_net(
     if "freeze_bn" in init_args:
         init_args["freeze_bn"] = False  # eval() fixes BatchNorm anyway; avoids a warning
     net = cls(**init_args)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
+    missing, unexpected = _key_mismatch(net, state)
+    if missing or unexpected or _shape_mismatch(net, state):
+        # one line: torch's own message lists every key, one per line
+        what = "; ".join(
+            f"{len(keys)} {kind} keys (first: {keys[0]})"
+            for kind, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong-shape", _shape_mismatch(net, state)),
+            )
+            if keys
+        )
         raise WeightsError(
-            f"{ckpt} does not fit {cls.__name__}({init_args}): {str(error)[:300]}; "
-            "pass the training config with --config"
-        ) from error
+            f"{ckpt} does not fit {cls.__name__}({init_args}): {what}; "
+            "pass the config it was trained with (--config)"
+        )
+    net.load_state_dict(state)
     return net.eval(), data
+
+
+def _key_mismatch(net: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    """(keys the net needs that ``state`` lacks, keys of ``state`` the net does not have)."""
+    own = net.state_dict()
+    return sorted(set(own) - set(state)), sorted(set(state) - set(own))
+
+
+def _shape_mismatch(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    own = net.state_dict()
+    return sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
 
 
 # --- export ---------------------------------------------------------------------------------
 def export(
     model: DeployableSegmenter, path: str | Path, fmt: Literal["onnx", "torchscript"]
 ) -> Path:
-    """Write ``model`` with dynamic batch and image size; returns the path."""
+    """Write ``model`` with dynamic batch and image size, atomically (a temp file beside
+    ``path``, renamed over it once complete); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt not in ("onnx", "torchscript"):
+        raise ValueError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = make_temp(path.parent, path.name)
+    except OSError as error:
+        raise DataError(f"cannot write {path}: {error.strerror or error}") from error
+    os.close(fd)
+    try:
+        _export_to(model, Path(temp_name), fmt)
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _export_to(model: DeployableSegmenter, path: Path, fmt: str) -> None:
     example = torch.randint(0, 256, (1, 3, 97, 131), dtype=torch.uint8)
     model = model.eval()
     if fmt == "onnx":
@@ -196,9 +237,6 @@ def export(
         with torch.no_grad():
             scripted = torch.jit.trace(model, (example,), check_trace=False)
         scripted.save(str(path))
-    else:
-        raise ValueError(f"format must be 'onnx' or 'torchscript', got {fmt!r}")
-    return path
 
 
 class _Runner:
@@ -317,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     parser.add_argument("--output", choices=("logits", "labels"), default="logits")
     parser.add_argument("--out", type=Path, help="output file (default: next to the checkpoint)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (else an error)"
+    )
     parser.add_argument("--verify", nargs="*", default=[], help="images to check the export on")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the timing")
@@ -328,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
+    out = args.out or args.ckpt.with_suffix(suffix)
     try:
+        check_output_file(out, args.overwrite, "--out")
         net, data = load_net(args.ckpt, args.config)
         model = DeployableSegmenter(
             net,
@@ -336,8 +380,6 @@ def main(argv: list[str] | None = None) -> int:
             std=data.get("std", IMAGENET_STD),
             output=args.output,
         )
-        suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
-        out = args.out or args.ckpt.with_suffix(suffix)
         export(model, out, args.format)
         print(
             f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): uint8 [B,3,H,W] -> {args.output}"
@@ -349,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = verify(model, out, args.format, args.verify, args.repeats, args.threads)
             print(format_summary(summary))
             report = out.with_name(out.name + ".verify.json")
-            report.write_text(json.dumps(summary, indent=1))
+            write_json(report, summary)
             print(f"verification: {report}")
     except WsssError as error:
         print(f"wsss_pl: error: {error}", file=sys.stderr)

@@ -169,6 +169,16 @@ def write_label(path: str | Path, label: torch.Tensor | np.ndarray, palette: Seq
     _atomic_write(Path(path), lambda handle: image.save(handle, format="PNG"))
 
 
+def check_output_file(path: str | Path, overwrite: bool, option: str) -> None:
+    """Refuse (DataError naming ``option``) an output path that is a folder, or an existing file
+    without ``overwrite``: a command must not silently replace a user's file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{option} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise DataError(f"{option} {path} exists; pass --overwrite to replace it, or another name")
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Atomically write bytes."""
     _atomic_write(Path(path), lambda handle: handle.write(data))

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import PositiveFloat
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim import SGD
@@ -84,7 +85,7 @@ class SegmentationModule(pl.LightningModule):
         max_steps: int | None = None,
         test_scales: list[float] | None = None,
         test_flip: bool = False,
-        msc_scales: list[float] | None = None,
+        msc_scales: list[PositiveFloat] | None = None,
         test_crf: bool = False,
         crf: CRFParams = CRFParams(),  # noqa: B008 (frozen dataclass)
         test_fusion: Literal["mean_prob", "max_logit"] = "mean_prob",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,48 @@ class ImageBoxes:
         ]
 
 
+# --- checking boxes -------------------------------------------------------------------------
+# A box may pass the image border by this many pixels (annotation tools round): more is an error.
+BORDER_TOLERANCE = 1.0
+
+
+def check_box(box: Any, where: str) -> list[float]:
+    """``box`` as 4 floats xyxy, or a one-line DataError naming ``where`` and the box: each value
+    a finite number (not a string or bool) and x2 > x1, y2 > y1."""
+    numbers = (
+        isinstance(box, list | tuple)
+        and len(box) == 4
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
+    )
+    if not numbers or not all(math.isfinite(v) for v in box):
+        raise DataError(f"{where}: box {box!r} is not 4 finite numbers [x1, y1, x2, y2]")
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise DataError(f"{where}: box {box!r} is not xyxy pixels with x2 > x1, y2 > y1")
+    return [float(v) for v in box]
+
+
+def check_inside(boxes: ImageBoxes, height: int, width: int, where: str) -> None:
+    """A DataError naming ``where`` and the first box that leaves the ``height`` x ``width``
+    image by more than ``BORDER_TOLERANCE`` pixels (a box in the wrong units or image)."""
+    if len(boxes.boxes) == 0:
+        return
+    low, high = -BORDER_TOLERANCE, torch.tensor([width, height, width, height]) + BORDER_TOLERANCE
+    outside = ((boxes.boxes < low) | (boxes.boxes > high)).any(dim=1)
+    if bool(outside.any()):
+        box = [round(v, 2) for v in boxes.boxes[int(outside.nonzero()[0])].tolist()]
+        raise DataError(
+            f"{where}: box {box} (xyxy, 0-based) lies outside the {width}x{height} image; "
+            "fix the box or its file"
+        )
+
+
+def box_pixels(box: list[float]) -> tuple[slice, slice]:
+    """(rows, columns) of the pixels inside an xyxy box: pixel x is inside when its centre
+    x + 0.5 lies in [x1, x2), i.e. ceil(x1 - 0.5) <= x < ceil(x2 - 0.5) (same for y)."""
+    x1, y1, x2, y2 = (max(0, math.ceil(v - 0.5)) for v in box)
+    return slice(y1, y2), slice(x1, x2)
+
+
 # --- reading boxes --------------------------------------------------------------------------
 def coco_boxes(annotation_file: str | Path, vocabulary: ClassVocabulary) -> dict[str, ImageBoxes]:
     """Boxes of a COCO instances JSON, keyed by image file stem; ``bbox`` xywh -> xyxy.
@@ -107,13 +150,25 @@ def coco_boxes(annotation_file: str | Path, vocabulary: ClassVocabulary) -> dict
     stems = {image["id"]: Path(image["file_name"]).stem for image in content["images"]}
     rows: dict[str, list[tuple[list[float], int, bool]]] = {stem: [] for stem in stems.values()}
     for annotation in content["annotations"]:
+        if annotation.get("image_id") not in stems:
+            raise DataError(
+                f"{path}: annotation {annotation.get('id')} has image_id "
+                f"{annotation.get('image_id')!r}, which no entry of 'images' has"
+            )
         label = to_label.get(annotation["category_id"])
         if label is None:
             raise UnknownClassError(
                 f"{path}: annotation {annotation.get('id')} has unknown category id "
                 f"{annotation['category_id']}"
             )
-        x, y, w, h = (float(v) for v in annotation.get("bbox") or (0, 0, 0, 0))
+        bbox = annotation.get("bbox") or [0, 0, 0, 0]
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
+        ):
+            raise DataError(f"{path}: annotation {annotation.get('id')} has bbox {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
             continue
         rows[stems[annotation["image_id"]]].append(
@@ -147,10 +202,16 @@ def voc_xml_boxes(
             coords = [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr,arg-type]
         except (AttributeError, TypeError, ValueError) as error:
             raise CorruptFileError(f"{path}: object {name!r} has no valid <bndbox>") from error
-        rows.append(
-            ([coords[0] - 1, coords[1] - 1, coords[2], coords[3]], vocabulary.label_id(name), False)
-        )
-    return ImageBoxes.from_rows(rows)
+        xyxy = check_box([coords[0] - 1, coords[1] - 1, coords[2], coords[3]], f"{path}: {name!r}")
+        rows.append((xyxy, vocabulary.label_id(name), False))
+    boxes = ImageBoxes.from_rows(rows)
+    try:  # the size the annotation was drawn on; boxes_of checks again on the decoded image
+        height, width = (int(root.findtext(f"size/{k}") or "") for k in ("height", "width"))
+    except ValueError:
+        return boxes
+    if height > 0 and width > 0:
+        check_inside(boxes, height, width, str(path))
+    return boxes
 
 
 def json_boxes(path: str | Path, vocabulary: ClassVocabulary) -> dict[str, ImageBoxes]:
@@ -166,13 +227,7 @@ def json_boxes(path: str | Path, vocabulary: ClassVocabulary) -> dict[str, Image
             where = f"box file {path}: {sample_id!r} entry {k}"
             if not isinstance(entry, dict) or "box" not in entry or "class" not in entry:
                 raise DataError(f'{where} must be {{"box": [x1, y1, x2, y2], "class": name}}')
-            box = entry["box"]
-            if (
-                not (isinstance(box, list) and len(box) == 4)
-                or box[2] <= box[0]
-                or box[3] <= box[1]
-            ):
-                raise DataError(f"{where}: box {box!r} is not xyxy pixels with x2 > x1, y2 > y1")
+            box = check_box(entry["box"], where)
             if entry["class"] not in vocabulary.class_names:
                 raise UnknownClassError(
                     f"{where}: class {entry['class']!r} is not one of "
@@ -180,7 +235,7 @@ def json_boxes(path: str | Path, vocabulary: ClassVocabulary) -> dict[str, Image
                 )
             rows.append(
                 (
-                    [float(v) for v in box],
+                    box,
                     vocabulary.label_id(entry["class"]),
                     bool(entry.get("crowd")),
                 )
@@ -200,6 +255,12 @@ def yolo_boxes(path: Path, height: int, width: int, vocabulary: ClassVocabulary)
             index, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:5])
         except (ValueError, IndexError) as error:
             raise DataError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}") from error
+        values = (cx, cy, w, h)
+        if not all(0 <= v <= 1 for v in values) or w <= 0 or h <= 0:  # also refuses nan
+            raise DataError(
+                f"{path}:{number}: box {line.strip()!r} must be 'class cx cy w h' normalised to "
+                "[0, 1] with w, h > 0 (YOLO format)"
+            )
         if not 0 <= index < vocabulary.num_classes:
             raise UnknownClassError(
                 f"{path}:{number}: class index {index} outside 0..{vocabulary.num_classes - 1}"
@@ -212,6 +273,32 @@ def yolo_boxes(path: Path, height: int, width: int, vocabulary: ClassVocabulary)
         ]
         rows.append((box, index + 1, False))
     return ImageBoxes.from_rows(rows)
+
+
+def _check_box_ids(source: DatasetSource, ids: list[str], path: Path) -> None:
+    """A DataError naming ``path`` when it has no ids or an id whose image the training split
+    cannot find (e.g. keyed by file name with extension): its boxes would never be used, and the
+    images they were meant for would be labelled as all background."""
+    dataset = source.dataset("train")
+    known = set(dataset.ids)
+
+    def has_image(sample_id: str) -> bool:
+        if sample_id in known:
+            return True
+        try:  # an image of the dataset outside the training split (e.g. train_aug ids)
+            return dataset.image_path(sample_id).is_file()
+        except (KeyError, OSError, ValueError):
+            return False
+
+    if not ids:
+        raise DataError(f"box file {path} has no boxes (no ids); give boxes or remove box_file")
+    unmatched = [i for i in ids if not has_image(i)]
+    if unmatched:
+        example = sorted(known)[0] if known else "?"
+        raise DataError(
+            f"box file {path}: {len(unmatched)} of {len(ids)} ids match no image, e.g. "
+            f"{unmatched[0]!r}; ids are image file stems like {example!r}"
+        )
 
 
 # --- labelling ------------------------------------------------------------------------------
@@ -293,11 +380,8 @@ class BoxLabeler(nn.Module):
         if self.crowd == "box":
             instance_masks, instance_scores = masks, scores
             crowd_region = torch.zeros(height, width, dtype=torch.bool, device=device)
-            for x1, y1, x2, y2 in boxes.boxes[boxes.crowd].tolist():
-                # pixel (x, y) is inside when its centre x + 0.5 lies in [x1, x2)
-                crowd_region[int(round(y1)) : int(round(y2)), int(round(x1)) : int(round(x2))] = (
-                    True
-                )
+            for box in boxes.boxes[boxes.crowd].tolist():
+                crowd_region[box_pixels(box)] = True
         else:
             instance_masks, instance_scores = masks[~crowd], scores[~crowd]
             crowd_region = masks[crowd].any(dim=0) if bool(crowd.any()) else None
@@ -431,6 +515,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
         self.boxes: dict[str, ImageBoxes] | None = None
         self._voc_annotations: Path | None = None
         self._yolo_dir: Path | None = None
+        self._boxes_path: Path | None = None  # the JSON box file or COCO instances file read
         self._boxes_digest: str | None = None
         self._pending: list[ImageBoxes] = []
 
@@ -443,8 +528,10 @@ class BoxPromptLabels(OnlinePseudoLabels):
         if self.box_file is not None:
             path = Path(self.box_file).expanduser()
             if path.is_dir():
+                files = sorted(path.glob("*.txt"))
+                _check_box_ids(source, [f.stem for f in files], path)
                 self._yolo_dir = path  # read per image at labelling time (needs the image size)
-                for file in sorted(path.glob("*.txt")):
+                for file in files:
                     digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
                 self._boxes_digest = "yolo:" + digest.hexdigest()
                 return
@@ -455,6 +542,8 @@ class BoxPromptLabels(OnlinePseudoLabels):
                     "dataset's own boxes"
                 )
             self.boxes = json_boxes(path, vocabulary)
+            self._boxes_path = path
+            _check_box_ids(source, list(self.boxes), path)
         elif hasattr(source, "year") and vocabulary.category_ids is not None:  # COCO
             split = source.splits["train"]  # type: ignore[attr-defined]
             root = Path(source.root)  # type: ignore[attr-defined]
@@ -462,6 +551,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             if not path.is_file():
                 raise DataError(f"COCO boxes: {path} does not exist; put the annotations in place")
             self.boxes = coco_boxes(path, vocabulary)
+            self._boxes_path = path
         else:  # VOC: one XML per id, read at labelling time
             from wsss_pl.data.voc import find_voc_base
 
@@ -494,16 +584,18 @@ class BoxPromptLabels(OnlinePseudoLabels):
             path = self._voc_annotations / f"{sample_id}.xml"
             if not path.is_file():
                 raise DataError(f"no VOC annotation {path} for id {sample_id}")
-            return voc_xml_boxes(path, self.vocabulary, self.include_difficult)
-        if self._yolo_dir is not None:
+            boxes = voc_xml_boxes(path, self.vocabulary, self.include_difficult)
+        elif self._yolo_dir is not None:
             path = self._yolo_dir / f"{sample_id}.txt"
-            return (
-                yolo_boxes(path, height, width, self.vocabulary)
-                if path.is_file()
-                else ImageBoxes.empty()
-            )
-        assert self.boxes is not None
-        return self.boxes.get(sample_id, ImageBoxes.empty())
+            if not path.is_file():
+                return ImageBoxes.empty()
+            boxes = yolo_boxes(path, height, width, self.vocabulary)
+        else:
+            assert self.boxes is not None
+            boxes = self.boxes.get(sample_id, ImageBoxes.empty())
+            path = self._boxes_path or Path("boxes")
+        check_inside(boxes, height, width, f"{path}: id {sample_id!r}")
+        return boxes
 
     # --- the online source's hooks -------------------------------------------------------
     def settings(self, vocabulary: ClassVocabulary) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from wsss_pl.classes import IGNORE_INDEX, ClassVocabulary
-from wsss_pl.errors import UnknownClassError
+from wsss_pl.errors import ConfigError, UnknownClassError
 
 if TYPE_CHECKING:
     from wsss_pl.labeling.grounding import Detections
@@ -34,7 +34,8 @@ def with_exclusion_phrases(
 
     Raises:
         UnknownClassError: a class not in the vocabulary.
-        ValueError: a word that is also an assist word or the prompt name of that class.
+        ConfigError: an empty word, or a word that is also an assist word or the prompt name of
+            that class.
     """
     if not exclusion_words:
         return vocabulary
@@ -45,10 +46,16 @@ def with_exclusion_phrases(
                 f"exclusion_words: unknown class {class_name!r}; known classes: "
                 f"{', '.join(vocabulary.class_names)}"
             )
+        empty = [word for word in words if not str(word).strip()]
+        if empty or isinstance(words, str):
+            raise ConfigError(
+                f"exclusion_words of {class_name!r}: {list(words) if empty else words!r} must be a "
+                "list of non-empty words (an empty phrase would match every detection)"
+            )
         own = {vocabulary.prompt_name(class_name), *assist.get(class_name, ())}
         clash = sorted(set(words) & own)
         if clash:
-            raise ValueError(
+            raise ConfigError(
                 f"exclusion_words of {class_name!r}: {clash} are also its prompt name or assist "
                 "words; a phrase cannot both add to and remove from a class"
             )

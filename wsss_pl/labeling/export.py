@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.errors import DataError
-from wsss_pl.io import write_bytes
+from wsss_pl.io import check_output_file, write_bytes
 from wsss_pl.labeling.cache import PseudoLabelCache, decode_rle
 
 
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", required=True, help="JSON file to write")
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace --output if it exists (else an error)"
+    )
+    parser.add_argument(
         "--image-ext", default=".jpg", help="file name suffix of the images (default .jpg)"
     )
     parser.add_argument(
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsss_pl.errors import WsssError
 
     try:
+        check_output_file(args.output, args.overwrite, "--output")
         cache = PseudoLabelCache.from_directory(args.cache)
         vocabulary = _vocabulary_of(cache)
         names = {sample_id: f"{sample_id}{args.image_ext}" for sample_id in cache.ids()}
@@ -191,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     except WsssError as error:
         print(f"wsss_pl export-labels: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. a read-only folder: the temp file cannot be made
+        print(
+            f"wsss_pl export-labels: error: cannot write {args.output}: {error.strerror or error}",
+            file=sys.stderr,
+        )
         return 2
     print(
         f"wrote {args.output}: {len(exported['images'])} images, "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import NonNegativeInt, NotEmptyStr
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.base import DatasetSource, Sample
@@ -171,12 +172,12 @@ class OnlinePseudoLabels(LabelSource):
         cpu_threads: int = 1,
         precision: Literal["32", "bf16"] = "32",
         download: bool = True,
-        exclusion_words: dict[str, list[str]] | None = None,
+        exclusion_words: dict[str, list[NotEmptyStr]] | None = None,
         exclusion_fill: Literal["background", "ignore"] = "background",
         segmenter: SegmenterSpec | None = None,
         sam_attention: Literal["original", "sdpa"] = "original",
         sam_compile: bool = False,
-        write_workers: int = 2,
+        write_workers: NonNegativeInt = 2,  # type: ignore[assignment]
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")

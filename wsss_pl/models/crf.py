@@ -7,12 +7,14 @@ kazuto1011/deeplab-pytorch's ``DenseCRF`` do.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 
-from wsss_pl.errors import WsssError
+from wsss_pl.errors import ConfigError, WsssError
 
 
 @dataclass(frozen=True)
@@ -22,14 +24,35 @@ class CRFParams:
     iterations: mean-field steps. pos_weight / pos_xy_std: the Gaussian (smoothness) kernel.
     bi_weight / bi_xy_std / bi_rgb_std: the bilateral (appearance) kernel; the colour kernel is
     isotropic, so RGB or BGR order gives the same result.
+
+    The stds and ``iterations`` must be positive (pydensecrf divides by the stds and crashes the
+    process on a 0), the weights >= 0 (0 turns a kernel off): the types make the CLI refuse other
+    values while parsing, ``__post_init__`` refuses them in Python.
     """
 
-    iterations: int = 10
-    pos_weight: float = 3.0
-    pos_xy_std: float = 1.0
-    bi_weight: float = 4.0
-    bi_xy_std: float = 67.0
-    bi_rgb_std: float = 3.0
+    iterations: PositiveInt = 10  # type: ignore[assignment]
+    pos_weight: NonNegativeFloat = 3.0  # type: ignore[assignment]
+    pos_xy_std: PositiveFloat = 1.0  # type: ignore[assignment]
+    bi_weight: NonNegativeFloat = 4.0  # type: ignore[assignment]
+    bi_xy_std: PositiveFloat = 67.0  # type: ignore[assignment]
+    bi_rgb_std: PositiveFloat = 3.0  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        for name, value in self.as_dict().items():
+            finite = isinstance(value, int | float) and math.isfinite(value)
+            whole = name != "iterations" or (isinstance(value, int) and not isinstance(value, bool))
+            weight = name.endswith("_weight")
+            if not (finite and whole and (value >= 0 if weight else value > 0)):
+                kind = (
+                    "an integer >= 1"
+                    if name == "iterations"
+                    else "a number >= 0"
+                    if weight
+                    else "a number > 0"
+                )
+                raise ConfigError(f"model.crf.{name} must be {kind}, got {value!r}")
+            # plain int/float, not jsonargparse's subclasses: checkpoints load with weights_only
+            object.__setattr__(self, name, int(value) if name == "iterations" else float(value))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision import models
 
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from wsss_pl.errors import WeightsError
+from wsss_pl.errors import ConfigError, WeightsError
 from wsss_pl.models.caffe import (
     CAFFE_MEAN_BGR,
     caffe_to_torchvision_keys,
@@ -172,6 +172,17 @@ class DeepLabV2(nn.Module):
         if input_convention not in ("auto", "imagenet_rgb", "caffe_bgr"):
             raise ValueError(
                 f"input_convention must be auto, imagenet_rgb or caffe_bgr: {input_convention!r}"
+            )
+        caffe_file = pretrained is not None and _is_caffemodel(pretrained)
+        if (caffe_file or backbone_style == "caffe") and backbone not in ("resnet50", "resnet101"):
+            what = (
+                f"pretrained {pretrained} is a Caffe model"
+                if caffe_file
+                else "backbone_style caffe"
+            )
+            raise ConfigError(
+                f"model.net: {what}, which needs a Bottleneck ResNet (backbone resnet101 or "
+                f"resnet50), but backbone is {backbone}"
             )
 
         weights = _read_pretrained(pretrained) if pretrained is not None else None
