@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Before any test module imports torch: wsss_pl pins MKL_CBWR (read once, when MKL loads), so
+# in-process labels share the fingerprint of the CLI subprocesses' labels.
+import wsss_pl  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
