@@ -113,7 +113,7 @@ def dry_run_overrides(out: Path) -> dict[str, Any]:
                 },
             },
             "train_labels": {"init_args": {"detector": "tiny", "sam_checkpoint": "tiny"}},
-            "batch_size": 4,
+            "global_batch_size": 4,
             "val_batch_size": 2,
             "num_workers": 0,
             "crop_size": 65,
