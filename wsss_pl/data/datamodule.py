@@ -85,7 +85,10 @@ class WSSSDataModule(pl.LightningDataModule):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(
                     f"data.{key} is {value!r}; it must be an integer >= {least}"
-                    + (" (images per device per step)" if "batch" in key else "")
+                    + {
+                        "batch_size": " (images per device per step)",
+                        "global_batch_size": " (images per optimiser step over all devices)",
+                    }.get(key, "")
                 )
         self.source = source
         self.train_labels = train_labels if train_labels is not None else GroundTruthLabels()
