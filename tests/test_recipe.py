@@ -220,3 +220,16 @@ def test_step_loss_shares_add_up_to_the_one_rank_loss_and_gradient() -> None:
     ce = torch.nn.functional.cross_entropy
     (sum(ce(naive[a:b], target[a:b], ignore_index=255) for a, b in bounds) / 3).backward()
     assert float((naive.grad - full.grad).abs().max()) > 100 * float(full.grad.abs().max()) * 1e-5
+
+
+def test_batch_size_and_global_batch_size_are_exclusive() -> None:
+    from wsss_pl.data.datamodule import WSSSDataModule
+    from wsss_pl.data.synthetic import SyntheticVOC
+    from wsss_pl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set exactly one .* --data.global_batch_size null"):
+        WSSSDataModule(SyntheticVOC("unused"), batch_size=4, global_batch_size=10)
+    with pytest.raises(ConfigError, match="data.global_batch_size is 0; .* over all devices"):
+        WSSSDataModule(SyntheticVOC("unused"), batch_size=None, global_batch_size=0)
+    data = WSSSDataModule(SyntheticVOC("unused"), batch_size=None, global_batch_size=10)
+    assert data.batch_size == 10  # the label pass packs calls of up to this many images
