@@ -14,8 +14,9 @@ where both sums run over all ranks. Each rank computes its images' per-(o, g) su
 all-reduce of the (detached) pixel counts and loss sums gives the global denominators, and the
 rank back-propagates ``world_size x`` its share (DDP averages gradients over ranks), so the
 gradient is the one-process gradient of the whole step, whatever the split. ``groups = 1`` is one
-mean over all pixels of the step (Caffe DeepLab-v2's single batch of 10 with ``VALID``
-normalisation). A group or output without a valid pixel adds 0.
+mean over all pixels of the step (Caffe's ``SoftmaxWithLoss`` ``VALID`` normalisation over one
+batch of 10); ``groups = N`` is any split into N forward batches averaged (Caffe's ``iter_size``).
+A group or output without a valid pixel adds 0.
 """
 
 from __future__ import annotations
