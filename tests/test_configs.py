@@ -59,11 +59,17 @@ def test_main_configs_run_the_paper(name: str) -> None:
     assert net["pretrained"] == ("deeplabv2_coco_init" if name == "voc" else "resnet101_imagenet")
     model = config["model"]
     assert model["msc_scales"] == [1.0, 0.75, 0.5]  # DeepLab-v2's MSC training
-    assert model["test_scales"] == [1.0, 0.75, 0.5] and model["test_flip"] is True
+    # DeepLab-v2 / deeplab-pytorch test with multi-scale max fusion and no flip.
+    assert model["test_scales"] == [1.0, 0.75, 0.5] and model["test_flip"] is False
+    assert model["loss_groups"] == 2  # deeplab-pytorch's ITER_SIZE 2 x 5 images
     assert model["test_crf"] is (name == "voc")
     trainer = config["trainer"]
     assert trainer["max_steps"] == (20000 if name == "voc" else 100000)
-    assert config["data"]["batch_size"] == 10 and config["data"]["crop_size"] == 321
+    data = config["data"]
+    # 10 images per step on any GPU count; deeplab-pytorch's scale set.
+    assert data["global_batch_size"] == 10 and data["batch_size"] is None
+    assert data["crop_size"] == 321 and data["scales"] == [0.5, 0.75, 1.0, 1.25, 1.5]
+    assert data["pad_rgb"] == "auto"
 
 
 @pytest.mark.parametrize("name", ["voc_supervised", "coco_supervised"])

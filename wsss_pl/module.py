@@ -20,7 +20,8 @@ from wsss_pl.errors import WsssError
 from wsss_pl.metrics import ConfusionMatrix
 from wsss_pl.models.crf import CRFParams, dense_crf
 from wsss_pl.models.inference import predict_logits, predict_msc_max
-from wsss_pl.models.msc import check_scales, msc_forward, msc_loss
+from wsss_pl.models.loss import step_loss
+from wsss_pl.models.msc import check_scales, msc_forward
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -74,6 +75,11 @@ class SegmentationModule(pl.LightningModule):
             the scale-1 logit size, then upsampled; needs 1.0 in ``test_scales``).
         channels_last: keep the net's conv weights and its inputs in channels_last memory format
             (faster convolutions on recent GPUs with bf16-mixed; same math, fp32 by default off).
+        loss_groups: the step's images split into this many groups by position, the loss a
+            mean over each group's valid pixels, averaged over groups (``wsss_pl.models.loss``):
+            2 is deeplab-pytorch's ``ITER_SIZE`` 2 x 5 images (the paper's configs), 1 one mean
+            over all pixels of the step. With ``data.global_batch_size`` the groups and their
+            pixel counts span all ranks; otherwise each rank's batch alone.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class SegmentationModule(pl.LightningModule):
         crf: CRFParams = CRFParams(),  # noqa: B008 (frozen dataclass)
         test_fusion: Literal["mean_prob", "max_logit"] = "mean_prob",
         channels_last: bool = False,
+        loss_groups: int = 1,
     ) -> None:
         super().__init__()
         if isinstance(crf, dict):  # from a checkpoint's hyper_parameters (load_from_checkpoint)
@@ -112,6 +119,9 @@ class SegmentationModule(pl.LightningModule):
         self.test_fusion = test_fusion
         self.crf = crf
         self.channels_last = channels_last
+        if isinstance(loss_groups, bool) or not isinstance(loss_groups, int) or loss_groups < 1:
+            raise ValueError(f"model.loss_groups must be an integer >= 1, got {loss_groups!r}")
+        self.loss_groups = loss_groups
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         num_classes = len(self.class_names) + 1 if self.class_names is not None else None
@@ -154,10 +164,11 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         target = batch["target"].long()
         if self.msc_scales is not None:
-            loss = msc_loss(msc_forward(self.net, batch["image"], self.msc_scales), target)
+            outputs = msc_forward(self.net, batch["image"], self.msc_scales)
         else:
-            loss = self._single_scale_loss(batch["image"], target)
-        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+            outputs = [self(batch["image"])]  # at label size
+        loss, value = self._step_loss(outputs, target, batch)
+        self.log("train/loss", value, prog_bar=True, batch_size=target.shape[0])
         # Counted, never silent: unreadable samples skipped, and the online labeler's work.
         for name, key in COUNTERS.items():
             self.counters[_counter_key(name)].update(float(batch[key]))
@@ -167,14 +178,22 @@ class SegmentationModule(pl.LightningModule):
             )
         return loss
 
-    def _single_scale_loss(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = self(images)
-        if bool((target == IGNORE_INDEX).all()):
-            # Nothing to learn from; keep the graph so DDP gradients stay in step across ranks.
-            loss = logits.sum() * 0.0
-        else:
-            loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-        return loss
+    def _step_loss(
+        self, outputs: list[torch.Tensor], target: torch.Tensor, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to back-propagate, the step's loss value): see ``wsss_pl.models.loss``. With the
+        data module's global batch (``batch_plan``) the normalisation spans all ranks."""
+        trainer = self._trainer
+        plan = getattr(getattr(trainer, "datamodule", None), "batch_plan", None)
+        if plan is not None and "batch_position" in batch and trainer is not None:
+            world = int(plan["world_size"])
+            return step_loss(
+                outputs, target, batch["batch_position"], int(plan["global_batch_size"]),
+                self.loss_groups, world,
+                (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if world > 1 else None,
+            )  # fmt: skip
+        positions = torch.arange(target.shape[0], device=target.device)
+        return step_loss(outputs, target, positions, target.shape[0], self.loss_groups)
 
     def on_train_epoch_end(self) -> None:
         # Metrics reduce across ranks in compute(), called on every rank in the same order.

@@ -10,6 +10,8 @@ Batch (a dict; ``collate_samples`` output, CPU until Lightning moves it to the d
     needs_label: bool [B], True where the label source must make the target on the device
     padding:     bool [B], True for repeats that only even out DDP evaluation shards (not counted)
     size:        int64 [B, 2] original (height, width) of every sample
+    aug_seed, batch_position: int64 [B], only from ``GlobalBatchSampler``: each sample's
+                 augmentation seed and its position 0..G-1 in the step's global batch
     num_skipped: int, samples dropped because they were unreadable (skip_corrupt)
     num_labelled, num_unmatched_boxes, num_missing_classes: int, the online labeler's counts
 """
@@ -60,6 +62,9 @@ def collate_samples(samples: list[Sample | None]) -> dict[str, Any]:
         "num_unmatched_boxes": 0,
         "num_missing_classes": 0,
     }
+    for key in ("aug_seed", "batch_position"):
+        if all(key in s for s in kept):
+            batch[key] = torch.tensor([int(s[key]) for s in kept], dtype=torch.int64)  # type: ignore[literal-required]
     empty = torch.full((len(kept), height, width), IGNORE_INDEX, dtype=torch.uint8)
     batch["gt"] = _pad_stack(gts, height, width, IGNORE_INDEX) if any(has_gt) else empty
     batch["target"] = (

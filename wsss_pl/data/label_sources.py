@@ -129,13 +129,22 @@ class LabeledDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int | tuple[int, bool]) -> Sample | None:
+    def __getitem__(
+        self, index: int | tuple[int, bool] | tuple[int, bool, int, int]
+    ) -> Sample | None:
         # PaddedEvalSampler yields (index, is_padding); padding repeats are not to be counted.
-        index, padding = index if isinstance(index, tuple) else (index, False)
+        # GlobalBatchSampler adds (augmentation seed, position in the global batch).
+        extra: tuple[int, ...] = ()
+        if isinstance(index, tuple):
+            index, padding, *extra = index  # type: ignore[assignment]
+        else:
+            padding = False
         sample = self.dataset[index]
         if sample is not None:
             if self.load_target is not None:
                 sample["target"] = self.load_target(sample)
             if padding:
                 sample["padding"] = True  # type: ignore[typeddict-unknown-key]
+            if extra:
+                sample["aug_seed"], sample["batch_position"] = extra  # type: ignore[typeddict-unknown-key]
         return sample

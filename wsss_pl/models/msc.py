@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss_pl.classes import IGNORE_INDEX
+from wsss_pl.data.augment import resize_labels_nearest
+
+__all__ = ["check_scales", "msc_forward", "msc_loss", "resize_labels_nearest"]
 
 
 def check_scales(scales: Sequence[float]) -> list[float]:
@@ -60,23 +63,6 @@ def msc_forward(net: nn.Module, images: Tensor, scales: Sequence[float]) -> list
         for out in outputs
     ]
     return [*outputs, torch.stack(resized).amax(dim=0)]
-
-
-def resize_labels_nearest(labels: Tensor, size: Sequence[int]) -> Tensor:
-    """Labels [B, H, W] (any integer dtype) -> long [B, h, w], PIL ``Image.NEAREST``'s rule.
-
-    Output pixel i takes source pixel ``floor((i + 0.5) * H / h)`` (clamped), per axis, which is
-    what ``Image.resize(..., NEAREST)`` picks (deeplab-pytorch's ``resize_labels``).
-    """
-    height, width = labels.shape[-2:]
-    out_h, out_w = int(size[0]), int(size[1])
-
-    def index(n_in: int, n_out: int) -> Tensor:
-        positions = (torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out)
-        return positions.floor().long().clamp_(max=n_in - 1).to(labels.device)
-
-    rows, cols = index(height, out_h), index(width, out_w)
-    return labels.long()[:, rows][:, :, cols]
 
 
 def msc_loss(outputs: Sequence[Tensor], target: Tensor) -> Tensor:
