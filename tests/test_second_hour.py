@@ -1,0 +1,210 @@
+"""A newcomer's second hour (issue 16), through the real CLI: a second fit keeps the first run's
+checkpoints, typos at any depth get "did you mean", abbreviations are refused, one mIoU unit
+(percent), review images on disk for every logger, and ``--help`` without torch."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli_runner import DEMO_CONFIG, FAST_OVERRIDES, REPO, run_cli_in_process
+
+ONE_EPOCH = [*FAST_OVERRIDES, "--trainer.max_epochs", "1"]  # the last value wins
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every ``*.ckpt`` directly in ``folder``, by name."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.ckpt")}
+
+
+def _fit(workdir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """One fast demo epoch in ``workdir``, without a logger (W&B runs are the review test's)."""
+    args = ["fit", "--config", str(DEMO_CONFIG), *ONE_EPOCH, "--trainer.logger", "false", *extra]
+    result = run_cli_in_process(args, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+# --------------------------------------------------------------------------- 1: no lost checkpoint
+
+
+@pytest.mark.slow
+def test_second_fit_keeps_the_first_runs_checkpoints(tmp_path: Path) -> None:
+    base = tmp_path / "runs/demo/checkpoints"
+    first = _fit(tmp_path)
+    before = _digests(base)
+    assert "last.ckpt" in before and len(before) == 2, before  # best and last
+    assert f"checkpoints folder: {base}" in first.stdout
+    second = _fit(tmp_path)
+    assert _digests(base) == before  # byte-identical, none added or removed
+    assert "runs/demo/checkpoints holds an earlier run's checkpoints, kept" in second.stderr
+    assert "--ckpt_path" in second.stderr and "--overwrite_checkpoints true" in second.stderr
+    assert f"checkpoints folder: {base / 'version_1'}" in second.stdout
+    assert set(_digests(base / "version_1")) == set(before)
+    # A third run takes the next free folder; asked to, a run writes into the configured one.
+    _fit(tmp_path)
+    assert (base / "version_2" / "last.ckpt").is_file() and _digests(base) == before
+    _fit(tmp_path, "--overwrite_checkpoints", "true")
+    assert _digests(base)["last.ckpt"] != before["last.ckpt"]
+    assert not (base / "version_3").exists()
+
+
+def test_resumed_fit_continues_in_its_folder(tmp_path: Path) -> None:
+    from wsss_pl.lightning_cli import next_run_folder
+
+    base = tmp_path / "checkpoints"
+    assert next_run_folder(base, None) == base  # nothing there yet
+    base.mkdir()
+    (base / "notes.txt").write_text("x")
+    assert next_run_folder(base, None) == base  # no checkpoint yet
+    (base / "last.ckpt").write_bytes(b"1")
+    assert next_run_folder(base, None) == base / "version_1"
+    (base / "version_1").mkdir()
+    assert next_run_folder(base, None) == base / "version_1"  # an empty version is reused
+    (base / "version_1" / "last.ckpt").write_bytes(b"2")
+    assert next_run_folder(base, None) == base / "version_2"
+    assert next_run_folder(base, str(base / "last.ckpt")) == base
+    assert next_run_folder(base, str(base / "version_1" / "last.ckpt")) == base / "version_1"
+    assert next_run_folder(base, str(tmp_path / "elsewhere.ckpt")) == base / "version_2"
+
+
+# --------------------------------------------------------------------------- 2: typos at any depth
+
+
+def _error_line(args: list[str], tmp_path: Path) -> str:
+    result = run_cli_in_process(args, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[1].endswith("--help` lists every option"), lines
+    return lines[0]
+
+
+def test_misspelt_nested_keys_get_did_you_mean(tmp_path: Path) -> None:
+    demo = str(DEMO_CONFIG)
+    online = str(REPO / "configs" / "demo_online.yaml")
+    line = _error_line(
+        ["fit", "--config", online, "--data.train_labels.init_args.box_treshold", "0.2"], tmp_path
+    )
+    assert line == (
+        "wsss_pl fit: error: unknown key data.train_labels.init_args.box_treshold: "
+        "wsss_pl.labeling.online.OnlinePseudoLabels has no parameter 'box_treshold' "
+        "(did you mean data.train_labels.init_args.box_threshold?)"
+    )
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "train_labels": {
+                        "class_path": "wsss_pl.labeling.online.OnlinePseudoLabels",
+                        "init_args": {"box_treshold": 0.2},
+                    }
+                }
+            }
+        )
+    )
+    line = _error_line(["fit", "--config", demo, "--config", str(nested)], tmp_path)
+    assert f"unknown key data.train_labels.init_args.box_treshold in {nested}" in line
+    assert line.endswith("(did you mean data.train_labels.init_args.box_threshold?)")
+    for key, meant in (
+        ("trainer.logger.init_args.projec", "trainer.logger.init_args.project"),
+        ("model.optimizer.init_args.lrr", "model.optimizer.init_args.lr"),
+    ):
+        line = _error_line(["validate", "--config", demo, f"--{key}", "1"], tmp_path)
+        assert line.startswith(f"wsss_pl validate: error: unknown key {key}:")
+        assert line.endswith(f"(did you mean {meant}?)")
+
+
+def test_abbreviated_options_are_refused(tmp_path: Path) -> None:
+    line = _error_line(
+        ["fit", "--config", str(DEMO_CONFIG), "--trainer.max_epoch", "3", "--print_config"],
+        tmp_path,
+    )
+    assert line == (
+        "wsss_pl fit: error: unknown option --trainer.max_epoch "
+        "(did you mean --trainer.max_epochs?)"
+    )
+    line = _error_line(["label", "--config", str(DEMO_CONFIG), "--data.batch_siz", "3"], tmp_path)
+    assert "unknown option --data.batch_siz (did you mean --data.batch_size?)" in line
+
+
+# --------------------------------------------------------------------------- 7: fast answers
+
+
+_PROBE = """
+import atexit, sys
+def heavy():
+    loaded = sorted(m for m in ("torch", "lightning", "jsonargparse") if m in sys.modules)
+    print("HEAVY=" + ",".join(loaded), file=sys.stderr)
+atexit.register(heavy)
+from wsss_pl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _probe(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``wsss_pl.cli.main(ARGS)`` in a fresh interpreter, whose
+    stderr ends with the heavy modules it had imported."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def test_help_usage_and_config_errors_answer_without_torch(tmp_path: Path) -> None:
+    code, out, err = _probe(["--help"], tmp_path)
+    assert code == 0 and out.startswith("usage: wsss_pl COMMAND") and err.strip() == "HEAVY="
+    code, _, err = _probe(["fti"], tmp_path)
+    assert code == 2 and "did you mean fit?" in err and err.strip().endswith("HEAVY=")
+    configs = REPO / "configs"
+    code, _, err = _probe(["fit", "--config", str(configs / "dmeo.yaml")], tmp_path)
+    assert code == 2 and err.strip().endswith("HEAVY=")
+    assert f"config file {configs / 'dmeo.yaml'} does not exist (did you mean " in err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: [1\n")
+    code, _, err = _probe(["validate", "--config", str(broken)], tmp_path)
+    assert code == 2 and err.strip().endswith("HEAVY=")
+    assert re.search(rf"config file {re.escape(str(broken))} is not valid YAML at line \d", err)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainr:\n  max_epochs: 1\n")
+    code, _, err = _probe(["fit", "--config", str(typo)], tmp_path)
+    assert code == 2 and err.strip().endswith("HEAVY=")
+    assert f"unknown key trainr in {typo} (did you mean trainer?)" in err
+    # The probe can fail: a Lightning command's own --help does load them.
+    code, out, err = _probe(["fit", "--help"], tmp_path)
+    assert code == 0 and "torch" in err.strip().splitlines()[-1]
+
+
+def test_config_sections_match_the_real_parsers() -> None:
+    from wsss_pl.cli import CONFIG_SECTIONS
+    from wsss_pl.lightning_cli import WsssCLI, build_cli
+
+    class Stop(Exception):
+        pass
+
+    found: dict[str, WsssCLI] = {}
+
+    class Probe(WsssCLI):
+        def parse_arguments(self, parser: object, args: object) -> None:
+            found["cli"] = self
+            raise Stop
+
+    with pytest.raises(Stop):
+        build_cli(["fit"], cli_class=Probe)
+    keys = {
+        action.dest.split(".")[0]
+        for parser in found["cli"]._subcommand_parsers.values()
+        for action in parser._actions
+    }
+    assert keys - {"help", "config", "print_config"} == set(CONFIG_SECTIONS)
