@@ -56,7 +56,7 @@ def test_unknown_stage_and_dataset_are_clear_errors(tmp_path: Path) -> None:
 def test_best_checkpoint_is_chosen_by_the_miou_in_its_name(tmp_path: Path) -> None:
     directory = tmp_path / "wandb" / "p" / "run" / "checkpoints"
     directory.mkdir(parents=True)
-    for name in ("step000100-miou0.5012.ckpt", "step000200-miou0.6120.ckpt", "last.ckpt"):
+    for name in ("step000100-miou50.12.ckpt", "step000200-miou61.20.ckpt", "last.ckpt"):
         (directory / name).write_bytes(b"")
     chosen = Reproduction("voc", tmp_path).best_checkpoint()
-    assert chosen.name == "step000200-miou0.6120.ckpt"
+    assert chosen.name == "step000200-miou61.20.ckpt"

@@ -208,3 +208,75 @@ def test_config_sections_match_the_real_parsers() -> None:
         for action in parser._actions
     }
     assert keys - {"help", "config", "print_config"} == set(CONFIG_SECTIONS)
+
+
+# --------------------------------------------------------------------------- 6: review images
+
+
+def test_review_composite_has_titled_panels_and_a_legend_of_the_shown_classes(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from wsss_pl.classes import VOC
+    from wsss_pl.review import MIN_PANEL_WIDTH, PALETTE, TITLE_HEIGHT, write_composites
+
+    names = ["background", *VOC.class_names]
+    rng = np.random.default_rng(0)
+    gt = np.zeros((40, 50), np.uint8)
+    gt[5:20, 5:30] = 12  # dog
+    gt[30:, :] = 255
+    pred = np.zeros_like(gt)
+    pred[5:25, 10:35] = 8  # cat
+    row = {
+        "id": "2007/000032",  # a path separator in an id must not make a folder
+        "image": rng.integers(0, 256, (40, 50, 3), dtype=np.uint8),
+        "ground_truth": gt,
+        "prediction": pred,
+        "error": (gt != pred).astype(np.uint8),
+    }
+    (path,) = write_composites(tmp_path, "val/predictions", [row], names, step=7)
+    assert path.parent == tmp_path and path.name == "val_predictions_step000007_2007_000032.png"
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    scale = 4  # 50 px wide -> at least MIN_PANEL_WIDTH
+    panel_w = 50 * scale
+    assert panel_w >= MIN_PANEL_WIDTH and picture.shape[1] == 4 * panel_w + 3 * 4
+    for i in range(4):  # a title (dark text) above every panel
+        band = picture[:TITLE_HEIGHT, i * (panel_w + 4) : i * (panel_w + 4) + panel_w]
+        assert (band.sum(axis=2) < 200).sum() > 20, f"panel {i} has no title"
+    gt_panel = picture[TITLE_HEIGHT : TITLE_HEIGHT + 40 * scale, panel_w + 4 : 2 * panel_w + 4]
+    assert (gt_panel[0, 0] == PALETTE[0]).all() and (gt_panel[-1, -1] == PALETTE[255]).all()
+    legend = picture[TITLE_HEIGHT + 40 * scale :].reshape(-1, 3)
+    colours = {tuple(c) for c in legend.tolist()}
+    for label_id in (0, 8, 12, 255):  # every class shown has its swatch ...
+        assert tuple(PALETTE[label_id].tolist()) in colours, label_id
+    assert tuple(PALETTE[15].tolist()) not in colours  # ... and no other (person)
+
+
+# --------------------------------------------------------------------------- 4: one cache, one score
+
+
+@pytest.mark.slow
+def test_label_pass_and_fit_score_the_same_cache_alike_without_augmentation(
+    tmp_path: Path,
+) -> None:
+    """The label pass scores every cached label at full size; fit scores the crops it trains on.
+    With crops as large as the images and no rescaling they are the same pixels, so the two
+    numbers must be equal; each line says what it measures."""
+    args = [
+        "--config", str(REPO / "configs" / "demo_online.yaml"), "--trainer.logger", "false",
+        "--data.source.init_args.num_train", "8", "--data.source.init_args.num_val", "2",
+        "--data.source.init_args.image_size", "[48, 64]", "--data.batch_size", "4",
+        "--data.num_workers", "0", "--data.crop_size", "64", "--data.scale_range", "[1.0, 1.0]",
+    ]  # fmt: skip
+    label = run_cli_in_process(["label", *args], tmp_path)
+    assert label.returncode == 0, label.stderr[-3000:]
+    assert "(every label at full image size, ground truth 255 ignored" in label.stdout
+    (pass_miou,) = re.findall(r"^mIoU\s+([\d.]+)$", label.stdout, flags=re.MULTILINE)
+    fit = run_cli_in_process(["fit", *args, "--trainer.max_epochs", "1"], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    (fit_miou,) = re.findall(
+        r"training labels vs ground truth: mIoU ([\d.]+) \(last epoch's", fit.stdout
+    )
+    assert 0 < float(pass_miou) < 100 and fit_miou == pass_miou

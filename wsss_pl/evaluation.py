@@ -260,12 +260,15 @@ def format_table(result: LabelEvaluation, class_names: Sequence[str]) -> str:
 
 
 def to_json(result: LabelEvaluation, class_names: Sequence[str]) -> dict[str, Any]:
-    """JSON-ready dict; IoUs are fractions in [0, 1] and absent classes are null."""
+    """JSON-ready dict; mIoU and IoUs in percent (``"unit": "percent"``), as the printed table,
+    absent classes null; ``ignored_fraction`` stays a fraction in [0, 1]."""
     names = _full_names(result, class_names)
     return {
-        "miou": None if np.isnan(result.miou) else result.miou,
+        "unit": "percent",
+        "miou": None if np.isnan(result.miou) else 100 * result.miou,
         "iou": {
-            n: None if np.isnan(v) else float(v) for n, v in zip(names, result.iou, strict=True)
+            n: None if np.isnan(v) else 100 * float(v)
+            for n, v in zip(names, result.iou, strict=True)
         },
         "num_images": result.num_images,
         "num_classes": result.num_classes,

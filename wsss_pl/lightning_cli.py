@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import (
     LightningArgumentParser,
     LightningCLI,
@@ -28,7 +28,13 @@ from lightning.pytorch.cli import (
 from lightning.pytorch.loggers import WandbLogger
 
 from wsss_pl.cadence import ValidationCadence
-from wsss_pl.callbacks import LineProgressBar, PaletteWriter, RunSummary
+from wsss_pl.callbacks import (
+    LineProgressBar,
+    PaletteWriter,
+    PlainModelSummary,
+    RunSummary,
+    review_dir,
+)
 from wsss_pl.cli import PROG, explain_argument_error
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.module import SegmentationModule
@@ -297,6 +303,9 @@ class WsssCLI(LightningCLI):
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # The closing summary prints the per-class table; Lightning's would repeat it.
+            parser.set_defaults(verbose=False)
         if subcommand == "fit":
             parser.add_argument(
                 "--overwrite_checkpoints",
@@ -322,6 +331,9 @@ class WsssCLI(LightningCLI):
                 init_args=Namespace(project="wsss_pl"),
             )
         _wandb_offline_fallback(config["trainer.logger"])
+        # wandb's start and end banners (colour codes even in a log file) repeat what the
+        # closing summary says (run folder, URL, `wandb sync`); its warnings still show.
+        os.environ.setdefault("WANDB_QUIET", "true")
         if self.subcommand == "fit":
             _version_checkpoint_folders(config)
         _check_data_first(config)
@@ -338,10 +350,23 @@ class WsssCLI(LightningCLI):
         ):
             # Lightning's bars redraw one line; in a log file that shows nothing until the end.
             callbacks.append(LineProgressBar())
+        if trainer_config.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in configured
+        ):
+            callbacks.append(PlainModelSummary())  # no all-zero FLOPs column, no colour codes
         defaults = self.trainer_defaults.get("callbacks") or []
         defaults = defaults if isinstance(defaults, list) else [defaults]
         self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults, *callbacks]}
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is None:
+                # Lightning passes anonymous=None, which wandb warns about on every run; and
+                # wandb looks for a git repository in save_dir, warning when it does not exist.
+                if logger._wandb_init.get("anonymous") is None:
+                    logger._wandb_init.pop("anonymous", None)
+                if _is_rank_zero_process() and logger.save_dir:
+                    Path(logger.save_dir).mkdir(parents=True, exist_ok=True)
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         # Lightning unpickles --ckpt_path here: an unreadable file or one with code is one line.
@@ -412,7 +437,10 @@ def summary_lines(command: str, trainer: Any, model: Any) -> list[str]:
         quality = trainer.callback_metrics.get("train_labels/mIoU")
         labels = getattr(trainer.datamodule, "train_labels", None)
         if quality is not None and type(labels).__name__ != "GroundTruthLabels":
-            lines.append(f"  training labels vs ground truth: mIoU {100 * float(quality):.2f}")
+            lines.append(
+                f"  training labels vs ground truth: mIoU {float(quality):.2f} (last epoch's "
+                "augmented crops as fed to the net; `wsss_pl label` scores the full-size labels)"
+            )
         folders = {
             str(c.dirpath)
             for c in trainer.checkpoint_callbacks
@@ -457,6 +485,12 @@ def summary_lines(command: str, trainer: Any, model: Any) -> list[str]:
                 lines.append(f"  W&B run: {run.url} (local files: {run_dir})")
         elif getattr(logger, "log_dir", None):
             lines.append(f"  logs ({type(logger).__name__}): {logger.log_dir}")
+        if isinstance(logger, WandbLogger) and logger._experiment is None:
+            continue
+        review = review_dir(logger)
+        if review is not None and review.is_dir():
+            count = sum(1 for _ in review.glob("*.png"))
+            lines.append(f"  review images ({count} PNGs, titled, with a colour legend): {review}")
     saver = next((c for c in callbacks if isinstance(c, SaveRunConfig)), None)
     if saver is not None and saver.saved_path is not None:
         lines.append(f"  resolved config: {saver.saved_path}")

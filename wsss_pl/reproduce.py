@@ -275,7 +275,10 @@ class Reproduction:
         quality = cache / "label_pass" / "quality.json"
         key = "pseudo_train" if self.dataset == "coco" else "pseudo_train_aug"
         if quality.is_file():
-            self.results[key] = json.loads(quality.read_text())["miou"] * 100
+            report = json.loads(quality.read_text())
+            # percent since "unit" was added; older caches wrote fractions
+            scale = 1 if report.get("unit") == "percent" else 100
+            self.results[key] = report["miou"] * scale
         else:
             print(f"[reproduce] score: {quality} missing (rerun the label stage): {key} skipped")
         if self.dataset == "voc":
@@ -330,9 +333,9 @@ class Reproduction:
         args = self._cli("test", "test", {"trainer.callbacks": callbacks})
         self._run("test", [*args, "--ckpt_path", str(self.best_checkpoint())])
         metrics = json.loads(metrics_path.read_text())
-        self.results["val"] = metrics["test/mIoU"] * 100
+        self.results["val"] = metrics["test/mIoU"]  # logged in percent
         self.results["val_per_class"] = {
-            k.split("/", 2)[2]: v * 100 for k, v in metrics.items() if k.startswith("test/IoU/")
+            k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith("test/IoU/")
         }
         self._save_partial()
 
