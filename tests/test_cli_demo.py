@@ -62,6 +62,15 @@ def test_fit_logs_miou_and_named_per_class_iou(demo_run: Path) -> None:
     assert any(float(r["train/loss"]) > 0 for r in rows if r.get("train/loss"))
 
 
+def test_demo_losses_stay_in_a_sane_range(demo_run: Path) -> None:
+    """Cross-entropy means per valid pixel: a uniform guess over 21 classes scores ln 21 = 3.04.
+    Every logged train/loss and val/loss stays below twice that (measured: at most 3.2; with the
+    demo's former lr 0.01 the classifier's x10/x20 learning rates diverged: 30 at step 1)."""
+    rows = _metrics(demo_run)
+    losses = [float(r[k]) for r in rows for k in ("train/loss", "val/loss") if r.get(k)]
+    assert len(losses) >= 4 and all(0 < loss < 2 * math.log(21) for loss in losses), losses
+
+
 def test_wandb_iou_table_of_each_epoch_averages_to_its_val_miou(demo_run: Path) -> None:
     """One table per validation (none from the sanity check, one for the last epoch), holding
     that epoch's numbers, not the previous validation's."""

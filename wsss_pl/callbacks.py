@@ -481,5 +481,7 @@ class PlainModelSummary(ModelSummary):
             *summary_data,
         )
         if not total_flops:
-            table = "\n".join(line for line in table.splitlines() if "Total FLOPs" not in line)
+            table = "\n".join(
+                line for line in table.splitlines() if "total flops" not in line.lower()
+            )
         print(table, flush=True)

@@ -336,7 +336,12 @@ def user_error_message(error: BaseException) -> str | None:
 
 class _DropTip(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        # Lightning's tip to install litlogger, and its note that our PlainModelSummary replaces
+        # its default summary.
+        return "litlogger" not in message and "Skipping setting a default `ModelSummary`" not in (
+            message
+        )
 
 
 def _quiet_known_noise() -> None:
