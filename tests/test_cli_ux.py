@@ -60,7 +60,7 @@ def test_unknown_command_and_command_help(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--help"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: wsss_pl [options] fit")
+    assert capsys.readouterr().out.startswith("usage: wsss_pl fit [-c CONFIG]")
 
 
 def test_wandb_unavailable_reasons(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

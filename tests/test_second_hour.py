@@ -280,3 +280,25 @@ def test_label_pass_and_fit_score_the_same_cache_alike_without_augmentation(
         r"training labels vs ground truth: mIoU ([\d.]+) \(last epoch's", fit.stdout
     )
     assert 0 < float(pass_miou) < 100 and fit_miou == pass_miou
+
+
+# --------------------------------------------------------------------------- 8: noise
+
+
+def test_progress_prints_its_final_line_once() -> None:
+    import io
+
+    from wsss_pl.progress import Progress
+
+    out = io.StringIO()  # not a terminal: plain lines
+    progress = Progress(4, "labelling", unit="img", file=out, interval_s=0.0)
+    for _ in range(4):
+        progress.update(1, cached=0)
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and lines[-1].startswith("labelling: 4/4 img (100%)")
+    quiet = io.StringIO()
+    progress = Progress(4, "labelling", unit="img", file=quiet, interval_s=3600.0)
+    progress.update(4)
+    progress.close()  # nothing printed since the start: close prints the final line
+    assert quiet.getvalue().splitlines()[0].startswith("labelling: 4/4 img (100%)")

@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsss_pl evaluate-labels",
         description="mIoU of a folder of label PNGs against a folder of ground-truth PNGs.",
+        allow_abbrev=False,
     )
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted <id>.png")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth <id>.png")
@@ -361,11 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (WsssError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"wsss_pl evaluate-labels: error: {error}", file=sys.stderr)
         return 2
     if result.missing_predictions and not result.missing_as_background:
         print(
-            f"warning: {len(result.missing_predictions)} ground-truth ids have no prediction and "
+            f"wsss_pl evaluate-labels: warning: {len(result.missing_predictions)} ground-truth ids have no prediction and "
             f"were left out (first: {result.missing_predictions[:5]}); "
             "--missing-as-background counts them",
             file=sys.stderr,

@@ -299,6 +299,12 @@ class WsssCLI(LightningCLI):
             apply_on="instantiate",
         )
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, subcommand_parser in self._subcommand_parsers.items():
+            # "usage: wsss_pl fit ...", as every other command's, not "wsss_pl [options] fit"
+            subcommand_parser.prog = f"{PROG} {name}"
+
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
