@@ -72,6 +72,7 @@ def test_resumed_fit_continues_in_its_folder(tmp_path: Path) -> None:
     assert next_run_folder(base, str(base / "last.ckpt")) == base
     assert next_run_folder(base, str(base / "version_1" / "last.ckpt")) == base / "version_1"
     assert next_run_folder(base, str(tmp_path / "elsewhere.ckpt")) == base / "version_2"
+    assert next_run_folder(base, "last") == base  # Lightning's keyword: the configured folder
 
 
 # --------------------------------------------------------------------------- 2: typos at any depth

@@ -238,7 +238,10 @@ def next_run_folder(base: Path, ckpt_path: str | None) -> Path:
     """Where a fit writes the checkpoints configured for ``base``, so that no run replaces an
     earlier run's: ``base`` while it holds no ``*.ckpt``, else the first ``base/version_N``
     (N = 1, 2, ...) that holds none. A run resumed with ``ckpt_path`` from ``base`` or one of
-    its version folders continues in that folder."""
+    its version folders continues in that folder, and so does ``ckpt_path: last`` (Lightning
+    looks for the last checkpoint in the configured folder)."""
+    if ckpt_path in ("last", "best", "hpc", "registry"):
+        return base
     if ckpt_path:
         parent = Path(ckpt_path).resolve().parent
         if parent == base.resolve() or (
