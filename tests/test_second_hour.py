@@ -113,6 +113,35 @@ def test_misspelt_nested_keys_get_did_you_mean(tmp_path: Path) -> None:
     line = _error_line(["fit", "--config", demo, "--config", str(nested)], tmp_path)
     assert f"unknown key data.train_labels.init_args.box_treshold in {nested}" in line
     assert line.endswith("(did you mean data.train_labels.init_args.box_threshold?)")
+    # Two levels down (a class inside a class's init_args), on the command line and in YAML.
+    deep = "data.train_labels.init_args.segmenter.init_args"
+    line = _error_line(
+        ["fit", "--config", online, "--data.train_labels.init_args.segmenter",
+         "wsss_pl.labeling.segmenters.SamSpec", f"--{deep}.checkpont", "tiny"],
+        tmp_path,
+    )  # fmt: skip
+    assert line == (
+        f"wsss_pl fit: error: unknown key {deep}.checkpont: wsss_pl.labeling.segmenters.SamSpec "
+        f"has no parameter 'checkpont' (did you mean {deep}.checkpoint?)"
+    )
+    deep_yaml = tmp_path / "deep.yaml"
+    segmenter = {"class_path": "wsss_pl.labeling.segmenters.SamSpec",
+                 "init_args": {"checkpont": "tiny"}}  # fmt: skip
+    deep_yaml.write_text(
+        yaml.safe_dump({"data": {"train_labels": {"init_args": {"segmenter": segmenter}}}})
+    )
+    line = _error_line(["fit", "--config", online, "--config", str(deep_yaml)], tmp_path)
+    assert f"unknown key {deep}.checkpont in {deep_yaml}:" in line
+    assert line.endswith(f"(did you mean {deep}.checkpoint?)")
+    # Inside a list: the item's index, as the file has it.
+    callbacks = tmp_path / "callbacks.yaml"
+    callbacks.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args:\n        dirpat: x\n"
+    )
+    line = _error_line(["fit", "--config", demo, "--config", str(callbacks)], tmp_path)
+    assert f"unknown key trainer.callbacks[0].init_args.dirpat in {callbacks}:" in line
+    assert line.endswith("(did you mean trainer.callbacks[0].init_args.dirpath?)")
     for key, meant in (
         ("trainer.logger.init_args.projec", "trainer.logger.init_args.project"),
         ("model.optimizer.init_args.lrr", "model.optimizer.init_args.lr"),

@@ -65,24 +65,37 @@ def _init_parameters(class_path: str) -> list[str]:
     return [p.name for p in parameters if p.kind not in variadic]
 
 
-def _config_files_with_key(key: str, argv: list[str]) -> list[str]:
-    """Config files given with --config/-c in ``argv`` that set the dotted ``key``."""
+def _key_in(node: Any, parts: list[str]) -> str | None:
+    """The dotted key ``parts`` as found in a loaded YAML ``node``, list items as ``[i]``
+    (``trainer.callbacks[2].init_args.dirpat``), or None when the node does not set it."""
+    if not parts:
+        return ""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            rest = _key_in(item, parts)
+            if rest is not None:
+                return f"[{index}]{rest}"
+        return None
+    if isinstance(node, dict) and parts[0] in node:
+        rest = _key_in(node[parts[0]], parts[1:])
+        return None if rest is None else f".{parts[0]}{rest}"
+    return None
+
+
+def _config_files_with_key(key: str, argv: list[str]) -> list[tuple[str, str]]:
+    """(file, key as written there) for the config files given with --config/-c in ``argv``
+    that set the dotted ``key``; a key inside a list gets its index (``callbacks[1]``)."""
     import yaml
 
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
-    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     found = []
-    for file in files:
+    for file in _config_paths(argv):
         try:
             node: Any = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                break
-        else:
-            found.append(file)
+        written = _key_in(node, key.split("."))
+        if written is not None:
+            found.append((file, written.lstrip(".")))
     return found
 
 
@@ -132,18 +145,20 @@ def explain_argument_error(message: str, parser: Any, argv: list[str]) -> str:
             r"class_path='([\w.]+)'", text[found.end() :]
         )
         if keys and classes:
-            parent = ".init_args.".join(keys)
-            full = f"{parent}.init_args.{option}"
+            full = f"{'.init_args.'.join(keys)}.init_args.{option}"
             where = _config_files_with_key(full, argv)
-            source = f" in {', '.join(where)}" if where else ""
+            if where:  # as written in the (last) file that sets it, list index included
+                full = where[-1][1]
+            source = f" in {', '.join(file for file, _ in where)}" if where else ""
             guess = _closest(option, _init_parameters(classes[-1]))
-            did = f" (did you mean {parent}.init_args.{guess}?)" if guess else ""
+            parent = full[: -len(option) - 1]
+            did = f" (did you mean {parent}.{guess}?)" if guess else ""
             return f"unknown key {full}{source}: {classes[-1]} has no parameter {option!r}{did}"
     found = re.search(r"does not accept option '([\w.]+)'", text)
     if found:
         key = found.group(1)
         where = _config_files_with_key(key, argv)
-        source = f" in {', '.join(where)}" if where else ""
+        source = f" in {', '.join(file for file, _ in where)}" if where else ""
         return f"unknown key {key}{source}{hint(key, keys)}"
     found = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)", text)
     if found:
