@@ -332,3 +332,30 @@ def test_progress_prints_its_final_line_once() -> None:
     progress.update(4)
     progress.close()  # nothing printed since the start: close prints the final line
     assert quiet.getvalue().splitlines()[0].startswith("labelling: 4/4 img (100%)")
+
+
+@pytest.mark.slow
+def test_fit_and_validate_output_off_a_terminal_is_quiet(tmp_path: Path) -> None:
+    """Redirected output of fit and validate, with W&B's own output not silenced by the test:
+    no wandb warnings or banners, no colour codes, no all-zero FLOPs, one metrics table."""
+    from cli_runner import run_cli
+
+    fit = run_cli(
+        ["fit", "--config", str(DEMO_CONFIG), *ONE_EPOCH], tmp_path, unset=("WANDB_SILENT",)
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    both = fit.stdout + fit.stderr
+    for noise in ("anonymous setting", "git root", "wandb: ", "\x1b[", "FLOPs", "Flops"):
+        assert noise not in both, noise
+    assert "Modules in train mode" in both  # the model summary is still there, as plain text
+    assert "epoch 0 (1 of 1)" in both and "W&B run (offline): runs/demo/wandb/offline-run-" in both
+    ckpt = tmp_path / "runs/demo/checkpoints/last.ckpt"
+    validate = run_cli(
+        ["validate", "--config", str(DEMO_CONFIG), *ONE_EPOCH, "--ckpt_path", str(ckpt)],
+        tmp_path,
+        unset=("WANDB_SILENT",),
+    )
+    assert validate.returncode == 0, validate.stderr[-3000:]
+    both = validate.stdout + validate.stderr
+    assert "Validate metric" not in both  # Lightning's table: ours below has the same numbers
+    assert both.count("wsss_pl validate: val mIoU") == 1

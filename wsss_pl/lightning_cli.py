@@ -157,6 +157,18 @@ def _wandb_offline_fallback(loggers: Any) -> None:
             )
 
 
+def _all_wandb_offline(loggers: Any) -> bool:
+    """Whether the configured loggers include W&B and every W&B logger runs offline."""
+    entries = loggers if isinstance(loggers, list) else [loggers]
+    wandb_args = [
+        e.get("init_args") or Namespace()
+        for e in entries
+        if isinstance(e, Namespace) and str(e.get("class_path", "")).endswith(".WandbLogger")
+    ]
+    offline_mode = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
+    return bool(wandb_args) and all(offline_mode or a.get("offline") for a in wandb_args)
+
+
 def _remove_empty_wandb_run(logger: WandbLogger) -> Path | None:
     """Finish and delete a W&B run that logged nothing (a run that failed at start-up)."""
     run = logger._experiment
@@ -341,8 +353,11 @@ class WsssCLI(LightningCLI):
             )
         _wandb_offline_fallback(config["trainer.logger"])
         # wandb's start and end banners (colour codes even in a log file) repeat what the
-        # closing summary says (run folder, URL, `wandb sync`); its warnings still show.
+        # closing summary says (run folder, URL, `wandb sync`): online, only its warnings
+        # show; offline (nothing to reach, our own line said why) nothing.
         os.environ.setdefault("WANDB_QUIET", "true")
+        if _all_wandb_offline(config["trainer.logger"]):
+            os.environ.setdefault("WANDB_SILENT", "true")
         if self.subcommand == "fit":
             _version_checkpoint_folders(config)
         _check_data_first(config)
