@@ -206,10 +206,12 @@ def _config_paths(argv: list[str]) -> list[str]:
     return paths + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
 
 
-def config_file_error(argv: list[str]) -> str | None:
+def config_file_error(argv: list[str], sections: bool = True) -> str | None:
     """Why a --config file in ``argv`` cannot be used (missing, not YAML, not a mapping, an
-    unknown top-level section), as one line with a "did you mean", or None. Reads only the
-    files, so it answers before torch and Lightning load; deeper keys are the parser's."""
+    unknown top-level section unless ``sections`` is False), as one line with a "did you mean",
+    or None. Reads only the files, so it answers before torch and Lightning load; deeper keys
+    are the parser's. (A config given before the command holds per-command sections, ``fit:``
+    ...: call with ``sections=False``.)"""
     import yaml
 
     for path in _config_paths(argv):
@@ -227,7 +229,7 @@ def config_file_error(argv: list[str]) -> str | None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(error, "problem", None) or _one_line(str(error))
             return f"config file {path} is not valid YAML{where}: {problem}"
-        if content is None:
+        if content is None or not sections:
             continue
         if not isinstance(content, dict):
             return (
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     if command in LIGHTNING_COMMANDS or not command:
-        problem = config_file_error(rest)
+        problem = config_file_error(rest, sections=bool(command))
         if problem is not None:
             prog = f"{PROG} {command}" if command else PROG
             print(f"{prog}: error: {problem}", file=sys.stderr)
