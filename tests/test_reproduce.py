@@ -92,10 +92,10 @@ def test_unknown_stage_and_dataset_are_clear_errors(tmp_path: Path) -> None:
 def test_best_checkpoint_is_chosen_by_the_miou_in_its_name(tmp_path: Path) -> None:
     directory = tmp_path / "wandb" / "p" / "run" / "checkpoints"
     directory.mkdir(parents=True)
-    for name in ("step000100-miou0.5012.ckpt", "step000200-miou0.6120.ckpt", "last.ckpt"):
+    for name in ("step000100-miou50.12.ckpt", "step000200-miou61.20.ckpt", "last.ckpt"):
         (directory / name).write_bytes(b"")
     chosen = Reproduction("voc", tmp_path).best_checkpoint()
-    assert chosen.name == "step000200-miou0.6120.ckpt"
+    assert chosen.name == "step000200-miou61.20.ckpt"
 
 
 def test_paper_configs_test_without_flip_and_report_the_final_step() -> None:
@@ -117,11 +117,11 @@ def test_final_and_selected_checkpoints_are_told_apart(tmp_path: Path) -> None:
 
     directory = tmp_path / "wandb" / "p" / "run" / "checkpoints"
     directory.mkdir(parents=True)
-    torch.save({"global_step": 100}, directory / "step000100-miou0.6120.ckpt")
+    torch.save({"global_step": 100}, directory / "step000100-miou61.20.ckpt")
     torch.save({"global_step": 200}, directory / "last.ckpt")
     reproduction = Reproduction("voc", tmp_path)
     assert reproduction.final_checkpoint().name == "last.ckpt"
-    assert reproduction.best_checkpoint().name == "step000100-miou0.6120.ckpt"
+    assert reproduction.best_checkpoint().name == "step000100-miou61.20.ckpt"
     from wsss_pl.reproduce import _checkpoint_step
 
     assert _checkpoint_step(reproduction.final_checkpoint()) == 200

@@ -1,4 +1,4 @@
-"""Review of labels and predictions (W&B masks, or composite PNGs for other loggers) and writers.
+"""Review of labels and predictions (composite PNGs on disk for every logger, W&B masks) and writers.
 
 Only global rank 0 logs or writes review files; predictions are written by the rank that made them.
 """
@@ -13,10 +13,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelSummary, ProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from PIL import Image
 
 from wsss_pl.classes import IGNORE_INDEX, voc_palette
 from wsss_pl.io import write_label
@@ -194,19 +193,35 @@ class ReviewCallback(Callback):
         rows: list[dict[str, Any]],
     ) -> None:
         names = list(pl_module.label_names)  # type: ignore[attr-defined]
-        log_review(trainer.logger, key, rows, names, trainer.global_step)
+        for logger in trainer.loggers:  # each logger's folder gets the composites
+            log_review(logger, key, rows, names, trainer.global_step)
+
+
+def review_dir(logger: Logger | None) -> Path | None:
+    """The local folder of a logger's composite review PNGs: ``<W&B run dir>/review`` (online or
+    offline, beside ``files/``: not uploaded), else ``<log_dir>/review``; None without one."""
+    if isinstance(logger, WandbLogger):
+        return Path(logger.experiment.dir).parent / "review"
+    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(log_dir) / "review" if log_dir else None
 
 
 def log_review(
     logger: Logger | None, key: str, rows: list[dict[str, Any]], names: list[str], step: int
 ) -> None:
-    """Log review rows under ``key``: W&B images with toggleable mask layers (and box layers);
-    other loggers get one composite PNG per row (image | masks in VOC colours).
+    """Log review rows under ``key``: composite PNGs on disk for every logger (``review_dir``:
+    image | masks with panel titles and a class-colour legend, ``wsss_pl.review.compose``), and
+    W&B images with toggleable mask layers (and box layers) or TensorBoard images.
 
     A row is {"id": str, "image": uint8 [H, W, 3], <mask name>: uint8 [H, W] class ids (or 0/1
     for "error" and "disagreement"), optional "boxes": instance metadata (pixel xyxy "box",
     "label", "class", "score", "phrase")}. ``names`` are the names of label ids 0..K-1.
     """
+    from wsss_pl.review import compose, write_composites
+
+    directory = review_dir(logger)
+    if directory is not None and rows:
+        write_composites(directory, key, rows, names, step)
     id_names = dict(enumerate(names))
     id_names[IGNORE_INDEX] = "ignore"
     mask_keys = [
@@ -235,26 +250,10 @@ def log_review(
             for row in rows
         ]
         logger.experiment.log({key: images, "trainer/global_step": step})
-        return
-    # Other loggers: one composite per sample, image | masks in VOC colours.
-    for row in rows:
-        panels = [row["image"]] + [
-            colorize(row[k] * (255 if k in ("error", "disagreement") else 1))
-            for k in mask_keys
-            if k in row
-        ]
-        composite = np.concatenate(panels, axis=1)
-        tag = f"{key}/{row['id']}"
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, composite, step, dataformats="HWC")
-        elif logger is not None and logger.log_dir:
-            path = (
-                Path(logger.log_dir)
-                / "review"
-                / f"{key.replace('/', '_')}_step{step}_{row['id']}.png"
-            )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(composite).save(path)
+    elif isinstance(logger, TensorBoardLogger):
+        for row in rows:
+            tag = f"{key}/{row['id']}"
+            logger.experiment.add_image(tag, compose(row, names), step, dataformats="HWC")
 
 
 def _wandb_boxes(instances: list[dict[str, Any]], names: dict[int, str]) -> dict[str, Any]:
@@ -363,9 +362,11 @@ class LineProgressBar(ProgressBar):
 
     @staticmethod
     def _epoch(trainer: pl.Trainer) -> str:
-        """'epoch 3/15' (0-based like the checkpoint names and the W&B epoch)."""
-        last = trainer.max_epochs - 1 if trainer.max_epochs and trainer.max_epochs > 0 else None
-        return f"epoch {trainer.current_epoch}" + (f"/{last}" if last is not None else "")
+        """'epoch 3 (4 of 16)': the 0-based epoch of the checkpoint names and the W&B epoch, then
+        how many of how many ('epoch 15/15' for the last of 16 epochs read as one missing)."""
+        epoch = trainer.current_epoch
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        return f"epoch {epoch} ({epoch + 1} of {total})" if total else f"epoch {epoch}"
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start("train")
@@ -404,7 +405,7 @@ class LineProgressBar(ProgressBar):
 
     def _val_desc(self, trainer: pl.Trainer) -> str:
         fitting = trainer.state.fn == TrainerFn.FITTING
-        return f"validation ({self._epoch(trainer)})" if fitting else "validation"
+        return f"validation after {self._epoch(trainer)}" if fitting else "validation"
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._eval_start(trainer)
@@ -448,3 +449,39 @@ def _short(value: Any) -> Any:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
     return f"{value:.4g}" if isinstance(value, float) else value
+
+
+class PlainModelSummary(ModelSummary):
+    """Lightning's layer summary as plain text on stdout, without the FLOPs column and total
+    when nothing computed them (Lightning measures FLOPs only for an ``example_input_array``;
+    otherwise it prints a column of zeros and "Total FLOPs: 0")."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        from lightning.pytorch.utilities.model_summary.model_summary import (
+            _format_summary_table,
+        )
+
+        if not total_flops:
+            summary_data = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(
+            total_parameters,
+            trainable_parameters,
+            model_size,
+            total_training_modes,
+            total_flops,
+            *summary_data,
+        )
+        if not total_flops:
+            table = "\n".join(
+                line for line in table.splitlines() if "total flops" not in line.lower()
+            )
+        print(table, flush=True)

@@ -5,6 +5,11 @@ wsss_pl label --config configs/voc.yaml        # warm the pseudo-label cache
 wsss_pl evaluate-labels --pred DIR --gt DIR
 
 ``COMMANDS`` at the end of this file lists every command; adding one is one line there.
+
+This module imports only the standard library, yaml and wsss_pl's light modules: ``--help``,
+an unknown command and a config file that is missing, unreadable or has an unknown top-level
+section are answered before torch and Lightning load (seconds under load). The Lightning side
+lives in ``wsss_pl.lightning_cli``; its public names are reachable from here too.
 """
 
 from __future__ import annotations
@@ -15,40 +20,17 @@ import inspect
 import logging
 import os
 import re
-import shutil
-import socket
 import sys
-import threading
-import time
 import warnings
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import torch
-from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import (
-    LightningArgumentParser,
-    LightningCLI,
-    SaveConfigCallback,
-)
-from lightning.pytorch.loggers import WandbLogger
-
-from wsss_pl.cadence import ValidationCadence
-from wsss_pl.callbacks import LineProgressBar, PaletteWriter, RunSummary
-from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.errors import WsssError
-from wsss_pl.module import SegmentationModule
-from wsss_pl.progress import format_duration, is_terminal
-from wsss_pl.weights import check_training_checkpoint, load_training_checkpoint
 
 log = logging.getLogger(__name__)
 
 PROG = "wsss_pl"
-
 
 # --------------------------------------------------------------------------- errors in arguments
 
@@ -83,24 +65,37 @@ def _init_parameters(class_path: str) -> list[str]:
     return [p.name for p in parameters if p.kind not in variadic]
 
 
-def _config_files_with_key(key: str, argv: list[str]) -> list[str]:
-    """Config files given with --config/-c in ``argv`` that set the dotted ``key``."""
+def _key_in(node: Any, parts: list[str]) -> str | None:
+    """The dotted key ``parts`` as found in a loaded YAML ``node``, list items as ``[i]``
+    (``trainer.callbacks[2].init_args.dirpat``), or None when the node does not set it."""
+    if not parts:
+        return ""
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            rest = _key_in(item, parts)
+            if rest is not None:
+                return f"[{index}]{rest}"
+        return None
+    if isinstance(node, dict) and parts[0] in node:
+        rest = _key_in(node[parts[0]], parts[1:])
+        return None if rest is None else f".{parts[0]}{rest}"
+    return None
+
+
+def _config_files_with_key(key: str, argv: list[str]) -> list[tuple[str, str]]:
+    """(file, key as written there) for the config files given with --config/-c in ``argv``
+    that set the dotted ``key``; a key inside a list gets its index (``callbacks[1]``)."""
     import yaml
 
-    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
-    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     found = []
-    for file in files:
+    for file in _config_paths(argv):
         try:
             node: Any = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                break
-        else:
-            found.append(file)
+        written = _key_in(node, key.split("."))
+        if written is not None:
+            found.append((file, written.lstrip(".")))
     return found
 
 
@@ -138,22 +133,32 @@ def explain_argument_error(message: str, parser: Any, argv: list[str]) -> str:
     found = re.search(r"File does not exist: '([^']+)'", text)
     if found and 'key "config"' in text:
         return f"config file {found.group(1)} does not exist{_missing_file_hint(found.group(1))}"
-    found = re.search(
-        r"Parser key \"([\w.]+)\": Problem with given class_path '([\w.]+)': "
-        r"Option '(\w+)' is not accepted",
-        text,
-    )
+    found = re.search(r"Option '(\w+)' is not accepted", text)
     if found:
-        key, class_path, option = found.groups()
-        full = f"{key}.init_args.{option}"
-        guess = _closest(option, _init_parameters(class_path))
-        did = f" (did you mean {key}.init_args.{guess}?)" if guess else ""
-        return f"unknown key {full}: {class_path} has no parameter {option!r}{did}"
+        # A key inside init_args, at any depth: the outer keys come first in jsonargparse's
+        # message ("Parser key "data.train_labels": ... class_path 'A': Parser key "detector":
+        # ... class_path 'B': Option 'x' is not accepted"); the class is the last one named
+        # before the option (or, for callables, in the "Got value" after it).
+        before, option = text[: found.start()], found.group(1)
+        keys = re.findall(r'Parser key "([\w.]+)"', before)
+        classes = re.findall(r"class_path '([\w.]+)'", before) or re.findall(
+            r"class_path='([\w.]+)'", text[found.end() :]
+        )
+        if keys and classes:
+            full = f"{'.init_args.'.join(keys)}.init_args.{option}"
+            where = _config_files_with_key(full, argv)
+            if where:  # as written in the (last) file that sets it, list index included
+                full = where[-1][1]
+            source = f" in {', '.join(file for file, _ in where)}" if where else ""
+            guess = _closest(option, _init_parameters(classes[-1]))
+            parent = full[: -len(option) - 1]
+            did = f" (did you mean {parent}.{guess}?)" if guess else ""
+            return f"unknown key {full}{source}: {classes[-1]} has no parameter {option!r}{did}"
     found = re.search(r"does not accept option '([\w.]+)'", text)
     if found:
         key = found.group(1)
         where = _config_files_with_key(key, argv)
-        source = f" in {', '.join(where)}" if where else ""
+        source = f" in {', '.join(file for file, _ in where)}" if where else ""
         return f"unknown key {key}{source}{hint(key, keys)}"
     found = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)", text)
     if found:
@@ -184,401 +189,63 @@ def _restriction_message(text: str) -> str | None:
     return f"{key} must be {wanted}, got {found.group(2)!r}"
 
 
-class WsssArgumentParser(LightningArgumentParser):
-    """Bad arguments: the message naming the key or file comes first, as one line with a "did
-    you mean", then where to find the options; no 65-line usage before it. Exit code 2."""
+# --------------------------------------------------------------------------- config files, early
 
-    argv: list[str] = []  # the command line, to say which config file holds a bad key
+# Commands whose options are LightningCLI's, and the top-level sections their configs may hold
+# (tests/test_cli_ux.py checks this set against the real parsers', so it cannot drift).
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "label")
+CONFIG_SECTIONS = (
+    "seed_everything", "trainer", "model", "data", "ckpt_path", "optimizer", "lr_scheduler",
+    "weights_only", "verbose", "return_predictions", "overwrite_checkpoints",
+)  # fmt: skip
 
-    def error(self, message: str, ex: Exception | None = None) -> Any:
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
-            return super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        prog = parser.prog.replace(" [options]", "")
+
+def _config_paths(argv: list[str]) -> list[str]:
+    """The values of --config / -c / --config=FILE in ``argv``, in order."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    return paths + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
+def config_file_error(argv: list[str], sections: bool = True) -> str | None:
+    """Why a --config file in ``argv`` cannot be used (missing, not YAML, not a mapping, an
+    unknown top-level section unless ``sections`` is False), as one line with a "did you mean",
+    or None. Reads only the files, so it answers before torch and Lightning load; deeper keys
+    are the parser's. (A config given before the command holds per-command sections, ``fit:``
+    ...: call with ``sections=False``.)"""
+    import yaml
+
+    for path in _config_paths(argv):
+        if "\n" in path or path.lstrip().startswith("{"):
+            continue  # jsonargparse also takes the config's text itself
+        file = Path(path)
+        if not file.is_file():
+            return f"config file {path} does not exist{_missing_file_hint(path)}"
         try:
-            explained = explain_argument_error(message, parser, self.argv)
-        except Exception:  # noqa: BLE001 - a hint must never hide the message itself
-            explained = " ".join(message.split())
-        sys.stderr.write(f"{prog}: error: {explained}\n")
-        sys.stderr.write(f"`{prog} --help` lists every option\n")
-        self.exit(2)
-
-
-# --------------------------------------------------------------------------- W&B without a login
-
-
-def _netrc_has_key(url: str) -> bool:
-    try:  # wandb's own reader knows where `wandb login` writes the key
-        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
-
-        return bool(read_netrc_auth(host=url))
-    except Exception:  # noqa: BLE001 - an internal API that may move: fall back to netrc
-        import netrc
-
-        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-        try:
-            return netrc.netrc(path).authenticators(urlsplit(url).hostname or "") is not None
-        except (OSError, netrc.NetrcParseError):
-            return False
-
-
-def _reachable(url: str, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to the URL's host opens within ``timeout`` (DNS included)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=connect, daemon=True)  # getaddrinfo ignores timeouts
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def wandb_unavailable() -> str | None:
-    """Why an online W&B run cannot start here (no API key, server unreachable), or None."""
-    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    if not (
-        os.environ.get("WANDB_API_KEY")
-        or os.environ.get("WANDB_IDENTITY_TOKEN_FILE")
-        or _netrc_has_key(url)
-    ):
-        return "W&B has no API key (set WANDB_API_KEY or run `wandb login`)"
-    if not _reachable(url):
-        return f"the W&B server {url} cannot be reached"
+            content = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            return f"config file {path} cannot be read: {error}"
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or _one_line(str(error))
+            return f"config file {path} is not valid YAML{where}: {problem}"
+        if content is None or not sections:
+            continue
+        if not isinstance(content, dict):
+            return (
+                f"config file {path} must be a YAML mapping of sections (trainer, model, data, "
+                f"...), got a {type(content).__name__}"
+            )
+        for key in content:
+            if key not in CONFIG_SECTIONS:
+                guess = _closest(str(key), list(CONFIG_SECTIONS))
+                did = f" (did you mean {guess}?)" if guess else ""
+                known = ", ".join(CONFIG_SECTIONS[:4])
+                return f"unknown key {key} in {path}{did}; top-level sections: {known}, ..."
     return None
 
 
-def _is_rank_zero_process() -> bool:
-    # DDP children re-run the CLI with these set; only the launching process speaks.
-    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def _wandb_offline_fallback(loggers: Any) -> None:
-    """Switch online WandbLogger configs to offline when W&B cannot work here, saying so."""
-    entries = loggers if isinstance(loggers, list) else [loggers]
-    wandb_args = [
-        e.init_args
-        for e in entries
-        if isinstance(e, Namespace)
-        and str(e.get("class_path", "")).endswith(".WandbLogger")
-        and isinstance(e.get("init_args"), Namespace)
-        and not e.init_args.get("offline")
-    ]
-    if not wandb_args or os.environ.get("WANDB_MODE", "").lower() in (
-        "offline",
-        "dryrun",
-        "disabled",
-    ):
-        return
-    reason = wandb_unavailable()
-    if reason is None:
-        return
-    for init_args in wandb_args:
-        init_args["offline"] = True
-        if _is_rank_zero_process():
-            where = Path(init_args.get("save_dir") or init_args.get("dir") or ".") / "wandb"
-            print(
-                f"{PROG}: {reason}: logging offline to {where}; upload later with "
-                f"`wandb sync {where}/offline-run-*`",
-                file=sys.stderr,
-                flush=True,
-            )
-
-
-def _remove_empty_wandb_run(logger: WandbLogger) -> Path | None:
-    """Finish and delete a W&B run that logged nothing (a run that failed at start-up)."""
-    run = logger._experiment
-    if run is None:
-        return None
-    try:
-        if run.step != 0:
-            return None
-        run_dir = Path(run.dir).parent
-        run.finish(exit_code=1)
-    except Exception:  # noqa: BLE001 - a broken run is left as it is
-        return None
-    shutil.rmtree(run_dir, ignore_errors=True)
-    latest = run_dir.parent / "latest-run"
-    if latest.is_symlink() and not latest.exists():
-        latest.unlink()
-    return run_dir
-
-
-# --------------------------------------------------------------------------- the Lightning CLI
-
-
-class SaveRunConfig(SaveConfigCallback):
-    """Saves the resolved config (all defaults filled in) beside the run's logs, on rank 0.
-
-    W&B: into the run's files (uploaded with it) and as the run's config; CSV / TensorBoard: the
-    logger's versioned log_dir. So no run overwrites another run's config. A W&B run that fails
-    before logging anything is removed again, so failed starts leave no empty run folders.
-    """
-
-    saved_path: Path | None = None
-
-    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        logger = trainer.logger
-        name = self.config_filename
-        if logger is None:  # no logger: still keep the config, under the run's root directory
-            directory = Path(trainer.default_root_dir)
-            name = time.strftime(f"{Path(name).stem}-%Y%m%d-%H%M%S{Path(name).suffix}")
-        elif isinstance(logger, WandbLogger):
-            directory = Path(logger.experiment.dir)
-            logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
-        else:
-            directory = Path(logger.log_dir or logger.save_dir or ".")
-        directory.mkdir(parents=True, exist_ok=True)
-        self.parser.save(self.config, directory / name, skip_none=False, overwrite=True)
-        self.saved_path = directory / name
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        if not trainer.is_global_zero:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and _remove_empty_wandb_run(logger) is not None:
-                self.saved_path = None
-
-
-def _check_data_first(config: Any) -> None:
-    """Check that the dataset is there before anything is built: the model's constructor loads
-    (and may download) its pretrained weights, so without this a missing dataset is reported as
-    missing ResNet weights. Builds the configured source alone and runs its ``prepare_data``
-    check; ``download: true`` sources are fetched later by ``prepare_data`` as before. Only the
-    launching process checks (DDP children start after it).
-    """
-    source_config = config.get("data.source")
-    if not _is_rank_zero_process() or not isinstance(source_config, Namespace):
-        return
-    init_args = source_config.get("init_args") or Namespace()
-    values = init_args.as_dict() if isinstance(init_args, Namespace) else dict(init_args)
-    if values.get("download") or any(isinstance(v, dict) for v in values.values()):
-        return  # downloads come later; nested objects are left to the full instantiation
-    module, name = str(source_config.class_path).rsplit(".", 1)
-    try:
-        source = getattr(importlib.import_module(module), name)(**values)
-    except (ImportError, AttributeError, TypeError, ValueError):
-        return  # the full instantiation reports a bad source config as before
-    source.prepare_data()
-
-
-class WsssCLI(LightningCLI):
-    """LightningCLI with the class names linked from the data module into the model, W&B that
-    falls back to offline, plain progress lines off a terminal and a closing summary."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments(
-            "data",
-            "model.class_names",
-            compute_fn=lambda data: data.class_names,
-            apply_on="instantiate",
-        )
-
-    def before_instantiate_classes(self) -> None:
-        # W&B is the default logger (offline with WANDB_MODE=offline); `--trainer.logger false`
-        # turns logging off and a config may choose CSV or TensorBoard instead.
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand == "predict" and config.get("return_predictions") is None:
-            # PaletteWriter writes each batch; keeping every map in RAM too (COCO val: ~12 GB)
-            # is only wanted when asked for.
-            config["return_predictions"] = False
-        if config["trainer.logger"] is None:
-            config["trainer.logger"] = Namespace(
-                class_path="lightning.pytorch.loggers.WandbLogger",
-                init_args=Namespace(project="wsss_pl"),
-            )
-        _wandb_offline_fallback(config["trainer.logger"])
-        _check_data_first(config)
-
-    def instantiate_trainer(self, **kwargs: Any) -> Any:
-        callbacks: list[Any] = [RunSummary()]
-        trainer_config = self._get(self.config_init, "trainer", default={})
-        configured = trainer_config.get("callbacks") or []
-        configured = configured if isinstance(configured, list) else [configured]
-        if (
-            not is_terminal(sys.stdout)
-            and trainer_config.get("enable_progress_bar") is not False
-            and not any(isinstance(c, ProgressBar) for c in configured)
-        ):
-            # Lightning's bars redraw one line; in a log file that shows nothing until the end.
-            callbacks.append(LineProgressBar())
-        defaults = self.trainer_defaults.get("callbacks") or []
-        defaults = defaults if isinstance(defaults, list) else [defaults]
-        self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*defaults, *callbacks]}
-        return super().instantiate_trainer(**kwargs)
-
-    def _parse_ckpt_path(self) -> None:
-        # Lightning unpickles --ckpt_path here: an unreadable file or one with code is one line.
-        subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("ckpt_path"):
-            load_training_checkpoint(self.config[subcommand]["ckpt_path"])
-        super()._parse_ckpt_path()
-
-    def _check_ckpt_path(self) -> None:
-        # Before Lightning loads it: a wrong architecture or a pickle with code is one line.
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
-        if ckpt_path:
-            check_training_checkpoint(ckpt_path, self.model)
-
-    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
-
-    # Closing summaries (global rank 0): what came out and where it went.
-    def after_fit(self) -> None:
-        self._summary("fit")
-
-    def after_validate(self) -> None:
-        self._summary("validate")
-
-    def after_test(self) -> None:
-        self._summary("test")
-
-    def after_predict(self) -> None:
-        self._summary("predict")
-
-    def _summary(self, command: str) -> None:
-        trainer = self.trainer
-        if trainer.is_global_zero:
-            print("\n".join(summary_lines(command, trainer, self.model)), flush=True)
-
-
-def _iou_table(names: list[str], iou: list[float], miou: float, split: str) -> list[str]:
-    width = max(12, *(len(n) for n in names))
-    lines = [f"  {'class':<{width}}  {'IoU':>6}"]
-    for name, value in zip(names, iou, strict=True):
-        shown = "-" if value != value else f"{100 * value:6.2f}"
-        lines.append(f"  {name:<{width}}  {shown:>6}")
-    lines.append(f"  {split + ' mIoU':<{width}}  {100 * miou:6.2f}")
-    return lines
-
-
-def summary_lines(command: str, trainer: Any, model: Any) -> list[str]:
-    """The closing summary of a fit/validate/test/predict run (plain text lines)."""
-    callbacks = trainer.callbacks
-    summary = next((c for c in callbacks if isinstance(c, RunSummary)), None)
-    lines = []
-    if command == "fit":
-        took = format_duration(time.perf_counter() - summary.start) if summary else "?"
-        state = "interrupted" if trainer.interrupted else "finished"
-        lines.append(
-            f"{PROG} fit {state}: {trainer.current_epoch} epochs, {trainer.global_step} steps "
-            f"in {took}"
-        )
-        history = summary.val_history if summary else []
-        if history:
-            last_epoch, last = history[-1]
-            best_epoch, best = max(history, key=lambda item: item[1])
-            lines.append(
-                f"  val mIoU: last {100 * last:.2f} (epoch {last_epoch}), "
-                f"best {100 * best:.2f} (epoch {best_epoch})"
-            )
-        else:
-            lines.append("  no validation ran")
-        quality = trainer.callback_metrics.get("train_labels/mIoU")
-        labels = getattr(trainer.datamodule, "train_labels", None)
-        if quality is not None and type(labels).__name__ != "GroundTruthLabels":
-            lines.append(f"  training labels vs ground truth: mIoU {100 * float(quality):.2f}")
-        for checkpoint in trainer.checkpoint_callbacks:
-            if isinstance(checkpoint, ModelCheckpoint) and checkpoint.best_model_path:
-                what = f"best by {checkpoint.monitor}" if checkpoint.monitor else "latest"
-                lines.append(f"  checkpoint ({what}): {checkpoint.best_model_path}")
-    elif command in ("validate", "test"):
-        split = "val" if command == "validate" else "test"
-        scores = getattr(model, "last_scores", {}).get(split)
-        if scores is None:
-            lines.append(f"{PROG} {command}: no {split} scores (empty split?)")
-        else:
-            lines.append(f"{PROG} {command}: {split} mIoU {100 * float(scores['miou']):.2f}")
-            lines += _iou_table(
-                model.label_names, scores["iou"].tolist(), float(scores["miou"]), split
-            )
-    elif command == "predict":
-        writers = [c for c in callbacks if isinstance(c, PaletteWriter)]
-        if not writers:
-            lines.append(
-                f"{PROG} predict: nothing written (add wsss_pl.callbacks.PaletteWriter to "
-                "trainer.callbacks to write palette PNGs)"
-            )
-        for writer in writers:
-            ranks = f" (rank 0 of {trainer.world_size})" if trainer.world_size > 1 else ""
-            lines.append(
-                f"{PROG} predict: wrote {writer.num_written} palette PNGs{ranks} to "
-                f"{writer.output_dir}"
-            )
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            run = logger.experiment
-            run_dir = Path(run.dir).parent
-            if getattr(run.settings, "_offline", False):
-                lines.append(f"  W&B run (offline): {run_dir}; upload: wandb sync {run_dir}")
-            else:
-                lines.append(f"  W&B run: {run.url} (local files: {run_dir})")
-        elif getattr(logger, "log_dir", None):
-            lines.append(f"  logs ({type(logger).__name__}): {logger.log_dir}")
-    saver = next((c for c in callbacks if isinstance(c, SaveRunConfig)), None)
-    if saver is not None and saver.saved_path is not None:
-        lines.append(f"  resolved config: {saver.saved_path}")
-    return lines
-
-
-class LabelCLI(WsssCLI):
-    """The ``label`` command's CLI: same config, but the segmentation net is never trained, so
-    it is built without its pretrained checkpoint (no ResNet download for a labelling pass)."""
-
-    def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
-        init_args = self.config.get("model.net.init_args")
-        if init_args is not None and "pretrained" in init_args:
-            init_args["pretrained"] = None
-
-
-def build_cli(
-    args: list[str] | None = None,
-    run: bool = True,
-    cli_class: type[WsssCLI] = WsssCLI,
-    prog: str = PROG,
-) -> WsssCLI:
-    WsssArgumentParser.argv = list(sys.argv[1:] if args is None else args)
-    # The arguments are passed explicitly, which is what this warning is about.
-    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended")
-    return cli_class(
-        SegmentationModule,
-        WSSSDataModule,
-        save_config_callback=SaveRunConfig,
-        trainer_defaults={"callbacks": [ValidationCadence()]},  # appended to any config's list
-        save_config_kwargs={"save_to_log_dir": False, "config_filename": "run_config.yaml"},
-        parser_kwargs={"parser_mode": "omegaconf+", "prog": prog},
-        parser_class=WsssArgumentParser,
-        args=args,
-        run=run,
-    )
-
-
-def _destroy_process_group() -> None:
-    # Without this, gloo/NCCL DDP runs abort at interpreter exit in about half the runs.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
 # --------------------------------------------------------------------------- commands
-
-
-def run_lightning(command: str, argv: list[str]) -> int:
-    build_cli([command, *argv])
-    return 0
-
-
-def run_label(argv: list[str]) -> int:
-    from wsss_pl.labeling.label_pass import run_label_pass
-
-    cli = build_cli(argv, run=False, cli_class=LabelCLI, prog=f"{PROG} label")
-    return run_label_pass(cli.trainer, cli.datamodule)
 
 
 Runner = Callable[[list[str]], int] | str
@@ -586,16 +253,28 @@ Runner = Callable[[list[str]], int] | str
 # name -> (what it does, runner). A runner takes the arguments after the command name and
 # returns the exit code; a "module:function" string is imported only when the command runs.
 COMMANDS: dict[str, tuple[str, Runner]] = {
-    "fit": ("train the segmentation net (online pseudo-labels are made in the first epoch)", partial(run_lightning, "fit")),
-    "validate": ("mIoU of a checkpoint on the validation split", partial(run_lightning, "validate")),
-    "test": ("mIoU on the test split (model.test_scales, model.test_flip)", partial(run_lightning, "test")),
-    "predict": ("write palette PNG predictions (wsss_pl.callbacks.PaletteWriter)", partial(run_lightning, "predict")),
-    "label": ("make the pseudo-label cache on all devices, score it against ground truth", run_label),
+    "fit": ("train the segmentation net (online pseudo-labels are made in the first epoch)", "wsss_pl.lightning_cli:fit"),
+    "validate": ("mIoU of a checkpoint on the validation split", "wsss_pl.lightning_cli:validate"),
+    "test": ("mIoU on the test split (model.test_scales, model.test_flip)", "wsss_pl.lightning_cli:test"),
+    "predict": ("write palette PNG predictions (wsss_pl.callbacks.PaletteWriter)", "wsss_pl.lightning_cli:predict"),
+    "label": ("make the pseudo-label cache on all devices, score it against ground truth", "wsss_pl.lightning_cli:run_label"),
     "evaluate-labels": ("mIoU of a folder of label PNGs against ground-truth PNGs", "wsss_pl.evaluation:main"),
     "export-labels": ("pseudo-label cache -> COCO instance JSON (RLE) for review tools", "wsss_pl.labeling.export:main"),
     "export-model": ("a trained checkpoint as ONNX / TorchScript (uint8 image in, normalisation inside)", "wsss_pl.export_model:main"),
     "reproduce": ("the paper's experiment end to end (label, score, fit, test) and its table", "wsss_pl.reproduce:main"),
 }  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """The Lightning side's public names (``build_cli``, ``wandb_unavailable``, ...), loaded
+    only when first used."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    module = importlib.import_module("wsss_pl.lightning_cli")
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 def usage() -> str:
@@ -674,7 +353,12 @@ def user_error_message(error: BaseException) -> str | None:
 
 class _DropTip(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        # Lightning's tip to install litlogger, and its note that our PlainModelSummary replaces
+        # its default summary.
+        return "litlogger" not in message and "Skipping setting a default `ModelSummary`" not in (
+            message
+        )
 
 
 def _quiet_known_noise() -> None:
@@ -683,6 +367,9 @@ def _quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*sync_dist=True.* when logging on epoch level")
     # Lightning's own use of a deprecated torch API, printed on every run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # fit never writes into a folder holding an earlier run's checkpoints unless resuming it or
+    # told to (--overwrite_checkpoints), and says so itself.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
 
 
@@ -704,8 +391,17 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if command in LIGHTNING_COMMANDS or not command:
+        problem = config_file_error(rest, sections=bool(command))
+        if problem is not None:
+            prog = f"{PROG} {command}" if command else PROG
+            print(f"{prog}: error: {problem}", file=sys.stderr)
+            print(f"`{prog} --help` lists every option", file=sys.stderr)
+            return 2
     try:
         if not command:
+            from wsss_pl.lightning_cli import build_cli
+
             build_cli(rest)
             return 0
         return int(_resolve(COMMANDS[command][1])(rest) or 0)
@@ -717,4 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
     finally:
-        _destroy_process_group()
+        lightning_cli = sys.modules.get("wsss_pl.lightning_cli")
+        if lightning_cli is not None:  # only a Lightning command can have started DDP
+            lightning_cli.destroy_process_group()

@@ -260,12 +260,15 @@ def format_table(result: LabelEvaluation, class_names: Sequence[str]) -> str:
 
 
 def to_json(result: LabelEvaluation, class_names: Sequence[str]) -> dict[str, Any]:
-    """JSON-ready dict; IoUs are fractions in [0, 1] and absent classes are null."""
+    """JSON-ready dict; mIoU and IoUs in percent (``"unit": "percent"``), as the printed table,
+    absent classes null; ``ignored_fraction`` stays a fraction in [0, 1]."""
     names = _full_names(result, class_names)
     return {
-        "miou": None if np.isnan(result.miou) else result.miou,
+        "unit": "percent",
+        "miou": None if np.isnan(result.miou) else 100 * result.miou,
         "iou": {
-            n: None if np.isnan(v) else float(v) for n, v in zip(names, result.iou, strict=True)
+            n: None if np.isnan(v) else 100 * float(v)
+            for n, v in zip(names, result.iou, strict=True)
         },
         "num_images": result.num_images,
         "num_classes": result.num_classes,
@@ -312,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsss_pl evaluate-labels",
         description="mIoU of a folder of label PNGs against a folder of ground-truth PNGs.",
+        allow_abbrev=False,
     )
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted <id>.png")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth <id>.png")
@@ -358,11 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (WsssError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"wsss_pl evaluate-labels: error: {error}", file=sys.stderr)
         return 2
     if result.missing_predictions and not result.missing_as_background:
         print(
-            f"warning: {len(result.missing_predictions)} ground-truth ids have no prediction and "
+            f"wsss_pl evaluate-labels: warning: {len(result.missing_predictions)} ground-truth ids have no prediction and "
             f"were left out (first: {result.missing_predictions[:5]}); "
             "--missing-as-background counts them",
             file=sys.stderr,

@@ -345,7 +345,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m wsss_pl export-model",
+        prog="wsss_pl export-model",
+        allow_abbrev=False,
         description="Export a trained segmenter (uint8 image in, logits or class map out).",
     )
     parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint (.ckpt)")

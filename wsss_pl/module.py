@@ -269,13 +269,18 @@ class SegmentationModule(pl.LightningModule):
         return {"id": batch["id"], "size": batch["size"], "pred": preds}
 
     def _log_scores(self, split: str, scores: dict[str, torch.Tensor]) -> None:
-        """Log mIoU and per-class IoU by name; the metric already reduced the confusion matrix."""
+        """Log mIoU, pixel accuracy and per-class IoU by name, in percent (``last_scores`` keeps
+        the fractions); the metric already reduced the confusion matrix across ranks."""
         self.last_scores = getattr(self, "last_scores", {})
         self.last_scores[split] = {k: v.detach().cpu() for k, v in scores.items()}
-        values = {f"{split}/mIoU": scores["miou"], f"{split}/pixel_acc": scores["pixel_acc"]}
+        # Logged in percent, as papers report them (progress bar, tables, checkpoint names).
+        values = {
+            f"{split}/mIoU": 100 * scores["miou"],
+            f"{split}/pixel_acc": 100 * scores["pixel_acc"],
+        }
         for name, iou in zip(self.label_names, scores["iou"].tolist(), strict=True):
             if not math.isnan(iou):
-                values[f"{split}/IoU/{name}"] = torch.tensor(iou)
+                values[f"{split}/IoU/{name}"] = torch.tensor(100 * iou)
         self.log_dict(values, sync_dist=False)  # already reduced across ranks by compute()
 
     def configure_callbacks(self) -> list[pl.Callback]:

@@ -107,6 +107,7 @@ class Progress:
             self.desc, self.done, self.total, now - self.start, self.unit, **self.extra
         )
         print(line, file=self.file, flush=True)
+        self._printed = (self.done, dict(self.extra))
 
     def close(self) -> None:
         if not self.enabled:
@@ -114,6 +115,6 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        else:
-            self._print(time.perf_counter())
+        elif getattr(self, "_printed", None) != (self.done, self.extra):
+            self._print(time.perf_counter())  # the final line, unless it was just printed
         self.enabled = False

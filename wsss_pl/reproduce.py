@@ -302,7 +302,10 @@ class Reproduction:
         quality = cache / "label_pass" / "quality.json"
         key = "pseudo_train" if self.dataset == "coco" else "pseudo_train_aug"
         if quality.is_file():
-            self.results[key] = json.loads(quality.read_text())["miou"] * 100
+            report = json.loads(quality.read_text())
+            # percent since "unit" was added; older caches wrote fractions
+            scale = 1 if report.get("unit") == "percent" else 100
+            self.results[key] = report["miou"] * scale
         else:
             print(f"[reproduce] score: {quality} missing (rerun the label stage): {key} skipped")
         if self.dataset == "voc":
@@ -372,16 +375,16 @@ class Reproduction:
         final, best = self.final_checkpoint(), self.best_checkpoint()
         final_step, best_step = _checkpoint_step(final), _checkpoint_step(best)
         metrics = self._test_checkpoint("test", final)
-        self.results["val"] = metrics["test/mIoU"] * 100
+        self.results["val"] = metrics["test/mIoU"]  # logged in percent
         self.results["val_step"] = final_step
         self.results["val_per_class"] = {
-            k.split("/", 2)[2]: v * 100 for k, v in metrics.items() if k.startswith("test/IoU/")
+            k.split("/", 2)[2]: v for k, v in metrics.items() if k.startswith("test/IoU/")
         }
         if best_step == final_step:
             self.results["val_selected_on_val"] = self.results["val"]
         else:
             selected = self._test_checkpoint("test_selected_on_val", best)
-            self.results["val_selected_on_val"] = selected["test/mIoU"] * 100
+            self.results["val_selected_on_val"] = selected["test/mIoU"]
         self.results["val_selected_on_val_step"] = best_step
         print(
             f"[reproduce] test: final step {final_step}: {self.results['val']:.2f} mIoU; "

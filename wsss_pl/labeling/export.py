@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m wsss_pl export-labels",
+        prog="wsss_pl export-labels",
+        allow_abbrev=False,
         description="Export a pseudo-label cache as COCO instance JSON (RLE masks), e.g. for CVAT "
         "or Label Studio review.",
     )

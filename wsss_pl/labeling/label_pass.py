@@ -25,7 +25,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from wsss_pl.callbacks import disagreement, log_review
+from wsss_pl.callbacks import disagreement, log_review, review_dir
 from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.datamodule import WSSSDataModule
@@ -355,10 +355,12 @@ def _write_quality(data: WSSSDataModule, result: LabelEvaluation) -> None:
     """All ranks' pseudo-label mIoU and per-class IoU as ``label_pass/quality.json`` (rank 0)."""
     names = ["background", *data.class_names]
     path = data.train_labels.cache.directory / "label_pass" / "quality.json"  # type: ignore[union-attr]
-    payload = {
-        "miou": result.miou,
+    payload = {  # percent, as printed (older caches hold fractions and no "unit")
+        "unit": "percent",
+        "miou": 100 * result.miou,
         "iou": {
-            n: (None if np.isnan(v) else float(v)) for n, v in zip(names, result.iou, strict=True)
+            n: (None if np.isnan(v) else 100 * float(v))
+            for n, v in zip(names, result.iou, strict=True)
         },
         "num_images": result.num_images,
     }
@@ -403,7 +405,11 @@ def _report(
         miou=float(scores["miou"]),
         num_images=len(data.datasets["train"]),
     )
-    print("pseudo-label quality against ground truth:")
+    print(
+        "pseudo-label quality against ground truth (every label at full image size, ground truth "
+        "255 ignored, label 255 counted as a miss; fit's training-label mIoU scores augmented "
+        "crops instead):"
+    )
     print(format_table(result, data.class_names))
     _write_quality(data, result)
     names = ["background", *data.class_names]
@@ -420,11 +426,11 @@ def _report(
         )  # fmt: skip
         print(f"worst pseudo-labels (image IoU %): {shown}")
     if trainer.logger is not None:
-        values = {"label_pass/mIoU": float(scores["miou"])}
+        values = {"label_pass/mIoU": 100 * float(scores["miou"])}  # percent, as every metric
         names = ["background", *data.class_names]
         values.update(
             {
-                f"label_pass/IoU/{n}": float(v)
+                f"label_pass/IoU/{n}": 100 * float(v)
                 for n, v in zip(names, scores["iou"], strict=True)
                 if not torch.isnan(v)
             }
@@ -447,6 +453,7 @@ def _log_review(trainer: pl.Trainer, module: LabelingModule) -> None:
     rows = module.review_rows()
     if rows:
         log_review(logger, "label_pass/review", rows, module.label_names, step=0)
+        print(f"review images (titled, with a colour legend): {review_dir(logger)}")
     worst = worst_records(module.all_records, WORST_TABLE_ROWS)
     if worst and isinstance(logger, WandbLogger):
         import wandb

