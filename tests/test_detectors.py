@@ -44,13 +44,20 @@ from wsss_pl.labeling.detectors import (
     DetectorOptions,
     GroundingDinoSpec,
     MMGroundingDinoSpec,
+    OmDetTurboDetector,
+    OmDetTurboSpec,
     OwlV2Detector,
     OwlV2Spec,
     class_queries,
 )
 from wsss_pl.labeling.label_pass import run_label_pass
 from wsss_pl.labeling.online import OnlinePseudoLabels
-from wsss_pl.labeling.tiny import informative_tiny, tiny_owlv2_processor
+from wsss_pl.labeling.tiny import (
+    informative_tiny,
+    tiny_omdet_turbo,
+    tiny_omdet_turbo_processor,
+    tiny_owlv2_processor,
+)
 
 CLASS_LISTS = [["dog"], ["dog", "horse", "sofa"], ["tvmonitor", "pottedplant"]]
 
@@ -223,3 +230,78 @@ def test_owlv2_spec_fingerprint_and_input_size() -> None:
     )
     with pytest.raises(ValueError, match="query_template"):
         OwlV2Spec("tiny", query_template="a photo")
+
+
+# --- OmDet-Turbo -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def omdet():
+    return tiny_omdet_turbo(), tiny_omdet_turbo_processor()
+
+
+def omdet_both_ways(
+    omdet, images: list[np.ndarray], present: list[list[str]], reorder: bool = False
+) -> int:
+    """Reference per image (processor -> model -> post-processing with NMS 0.5) vs
+    OmDetTurboDetector on both images in one fixed batch of 2 (``reorder``: ours gets each
+    image's classes in reverse order, which changes the task prompt). Returns the boxes compared."""
+    model, processor = omdet
+    compared = 0
+    for k, (image, names) in enumerate(zip(images, present, strict=True)):
+        classes = [phrase for _, phrase, _ in class_queries(VOC, names, "{}")]
+        inputs = processor(images=Image.fromarray(image), text=classes, return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        scores = outputs.decoder_class_logits[0].sigmoid()
+        threshold = gap_threshold(scores, 6, 30)
+        spread = assert_scores_spread(scores, threshold, min_each_side=6, min_gap=MIN_GAP)
+        print(f"OmDet-Turbo reference scores around {threshold:.3f}: {spread}")
+        (reference,) = processor.post_process_grounded_object_detection(
+            outputs, threshold=threshold, nms_threshold=0.5, target_sizes=[image.shape[:2]]
+        )
+        detector = OmDetTurboDetector(model, processor, threshold, batch_size=2)
+        ours = [p[::-1] for p in present] if reorder else present
+        found = detector([as_tensor(x) for x in images], ours, VOC)[k]
+        queries = class_queries(VOC, names, "{}")
+        assert len(found) == len(reference["scores"]) >= 2
+        torch.testing.assert_close(found.scores, reference["scores"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(found.boxes, reference["boxes"], rtol=0, atol=1e-3)
+        assert found.labels.tolist() == [queries[j][2] for j in reference["labels"].tolist()]
+        compared += len(found)
+    return compared
+
+
+@pytest.mark.sample_data
+def test_omdet_turbo_matches_the_official_pipeline(sample_data, omdet) -> None:
+    image = real_image(sample_data)
+    other = np.ascontiguousarray(image[:200, 100:400])
+    compared = omdet_both_ways(omdet, [image, other], [["dog", "horse"], ["tvmonitor", "cat"]])
+    print(f"OmDet-Turbo: {compared} boxes identical to the reference's")
+    assert compared >= 4
+
+
+@pytest.mark.sample_data
+def test_omdet_turbo_comparison_fails_with_another_class_order(sample_data, omdet) -> None:
+    image = real_image(sample_data)
+    with pytest.raises(AssertionError):
+        omdet_both_ways(omdet, [image], [["dog", "horse"]], reorder=True)
+
+
+# --- batching: an image's detections never depend on its batch mates (fixed mode) -------------
+@pytest.mark.sample_data
+@pytest.mark.parametrize(
+    "spec",
+    [MMGroundingDinoSpec("tiny"), OwlV2Spec("tiny"), OmDetTurboSpec("tiny")],
+    ids=["mm_grounding_dino", "owlv2", "omdet_turbo"],
+)
+def test_fixed_batches_give_bit_identical_detections(sample_data, spec) -> None:
+    image = as_tensor(real_image(sample_data))
+    mate = torch.flip(image, dims=[-1]).contiguous()  # same shape, other content
+    detector = spec.build(DetectorOptions(box_threshold=0.05, batch_size=2))
+    present = [["dog", "horse"], ["tvmonitor", "cat"]]  # 4 phrases each
+    alone = detector([image], present[:1], VOC)[0]
+    batched = detector([mate, image], present[::-1], VOC)[1]
+    assert len(alone) >= 1
+    assert torch.equal(alone.scores, batched.scores) and torch.equal(alone.boxes, batched.boxes)
+    assert torch.equal(alone.labels, batched.labels)
+    # Can fail: the mate's own detections differ from the image's.
+    assert not torch.equal(detector([mate], present[:1], VOC)[0].scores, alone.scores)

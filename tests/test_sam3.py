@@ -173,3 +173,16 @@ def test_sam3_spec_makes_the_masks_and_says_how_to_get_the_gated_checkpoint(tmp_
 
     with pytest.raises(WeightsError, match="huggingface.co/facebook/sam3"):
         Sam3Spec(str(tmp_path / "sam3")).settings()
+
+
+@pytest.mark.sample_data
+def test_sam3_fixed_batches_give_bit_identical_masks(sam3, images) -> None:
+    model, processor = sam3
+    detector = Sam3Detector(model, processor, 0.2, batch_size=2)
+    image = as_tensor(images[1])
+    mate = torch.flip(image, dims=[-1]).contiguous()
+    alone = detector([image], [["person"]], VOC)[0]
+    batched = detector([mate, image], [["horse"], ["person"]], VOC)[1]
+    assert len(alone) >= 1
+    assert torch.equal(alone.scores, batched.scores) and torch.equal(alone.masks, batched.masks)
+    assert not torch.equal(detector([mate], [["person"]], VOC)[0].scores, alone.scores)

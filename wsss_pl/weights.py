@@ -230,6 +230,22 @@ HUB_MODELS: dict[str, HubModel] = {
             licence="Apache-2.0",
         ),
         HubModel(
+            name="omdet-turbo",
+            repo_id="omlab/omdet-turbo-swin-tiny-hf",
+            required_files=("config.json", "model.safetensors"),
+            optional_files=(
+                "preprocessor_config.json",
+                "processor_config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.json",
+                "merges.txt",
+            ),  # fmt: skip
+            description="OmDet-Turbo Swin-T (wsss_pl.labeling.detectors.OmDetTurboSpec)",
+            licence="Apache-2.0",
+        ),
+        HubModel(
             name="sam3",
             repo_id="facebook/sam3",
             required_files=("config.json", "model.safetensors"),

@@ -117,8 +117,9 @@ class OnlinePseudoLabels(LabelSource):
         detector: Grounding DINO: a registry name (``grounding-dino-tiny`` is the paper's Swin-T),
             a hub id, a local directory, or ``tiny`` (random tiny model, for demos and tests);
             or another detector as a class_path (``wsss_pl.labeling.detectors``:
-            ``GroundingDinoSpec``, ``MMGroundingDinoSpec``, ``OwlV2Spec``; SAM 3:
-            ``wsss_pl.labeling.sam3.Sam3Spec``, which makes the masks itself, so no SAM runs).
+            ``GroundingDinoSpec``, ``MMGroundingDinoSpec``, ``OwlV2Spec``, ``OmDetTurboSpec``;
+            SAM 3: ``wsss_pl.labeling.sam3.Sam3Spec``, which makes the masks itself, so no SAM
+            runs).
             A string is ``GroundingDinoSpec(model=...)`` with the same cache fingerprint.
         sam_type: SAM backbone ``vit_h`` (paper), ``vit_l`` or ``vit_b``.
         sam_checkpoint: registry name (``sam_vit_h``...), a file path, or ``tiny``.

@@ -426,3 +426,58 @@ def tiny_sam3_processor() -> Any:
         mask_size={"height": TINY_SAM3_IMAGE_SIZE // 4, "width": TINY_SAM3_IMAGE_SIZE // 4},
     )
     return Sam3Processor(image_processor=image_processor, tokenizer=clip_char_tokenizer())
+
+
+TINY_OMDET_IMAGE_SIZE = 224  # the tiny OmDet-Turbo's square input (OmDet-Turbo: 640)
+
+
+def tiny_omdet_turbo(seed: int = 0) -> nn.Module:
+    """A random OmDet-Turbo (``OmDetTurboForObjectDetection``): 4-stage Swin of width 16
+    (transformers' Swin, channels-first, so no layer norm after it), 1-layer CLIP text model of
+    width 48 over ``clip_char_tokenizer``'s vocabulary (77 tokens), 1-layer encoder and decoder
+    of width 32, 30 queries. (``class_embed_dim`` must differ from the decoder width in
+    transformers 5.x, which otherwise never creates ``task_project``.)"""
+    from transformers import (
+        CLIPTextConfig,
+        OmDetTurboConfig,
+        OmDetTurboForObjectDetection,
+        SwinConfig,
+    )
+
+    tokenizer = clip_char_tokenizer()
+    backbone = SwinConfig(
+        embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=7,
+        out_indices=[2, 3, 4], image_size=TINY_OMDET_IMAGE_SIZE,
+    )  # fmt: skip
+    text = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=48,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    config = OmDetTurboConfig(
+        text_config=text, backbone_config=backbone, use_timm_backbone=False,
+        image_size=TINY_OMDET_IMAGE_SIZE, apply_layernorm_after_vision_backbone=False,
+        text_projection_in_dim=48, text_projection_out_dim=48, task_encoder_hidden_dim=64,
+        class_embed_dim=48, num_queries=30, encoder_hidden_dim=32,
+        vision_features_channels=[32, 32, 32], encoder_in_channels=[32, 64, 128],
+        encoder_attention_heads=2, encoder_dim_feedforward=64, decoder_hidden_dim=32,
+        decoder_num_heads=2, decoder_num_layers=1, decoder_dim_feedforward=64,
+        decoder_num_points=2,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return OmDetTurboForObjectDetection(config).eval()
+
+
+def tiny_omdet_turbo_processor() -> Any:
+    """``OmDetTurboProcessor`` for ``tiny_omdet_turbo``: a DETR image processor resizing to
+    224x224 (no padding) and ``clip_char_tokenizer`` (77 tokens, the processor's length)."""
+    from transformers import DetrImageProcessor, OmDetTurboProcessor
+
+    tokenizer = clip_char_tokenizer()
+    tokenizer.model_max_length = 77
+    image_processor = DetrImageProcessor(
+        size={"height": TINY_OMDET_IMAGE_SIZE, "width": TINY_OMDET_IMAGE_SIZE}, do_pad=False
+    )
+    return OmDetTurboProcessor(image_processor=image_processor, tokenizer=tokenizer)
