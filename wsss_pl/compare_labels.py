@@ -115,7 +115,8 @@ def _instantiate(parser: Any, key: str, value: Any, where: str) -> Any:
         config = parser.parse_object({key: value})
         return getattr(parser.instantiate_classes(config), key)
     except Exception as error:  # jsonargparse reports bad keys / values as several exception types
-        raise CompareError(f"{where}: {str(error).splitlines()[0]}") from error
+        text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise CompareError(f"{where}: {text[:500]}") from error
 
 
 def load_source(options: Any) -> Any:
@@ -509,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     except (argparse.ArgumentError, Exception) as error:  # jsonargparse's ArgumentError
         if isinstance(error, WsssError):
             raise
-        raise CompareError(f"{PROG}: {str(error).splitlines()[0]}") from error
+        text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        if 'key "ids"' in text:  # YAML reads 2007_000032 as the integer 2007000032
+            text += " (quote ids in YAML: ids: ['2007_000032'])"
+        raise CompareError(f"{PROG}: {text[:500]}") from error
     compare(options)
     return 0
