@@ -186,3 +186,60 @@ def test_sam3_fixed_batches_give_bit_identical_masks(sam3, images) -> None:
     assert len(alone) >= 1
     assert torch.equal(alone.scores, batched.scores) and torch.equal(alone.masks, batched.masks)
     assert not torch.equal(detector([mate], [["person"]], VOC)[0].scores, alone.scores)
+
+
+# --- the SAM 3 tracker as a box -> mask segmenter (refining another detector's boxes) ---------
+BOXES = torch.tensor([[10.0, 20, 200, 150], [150, 40, 300, 230], [0, 0, 320, 240]])
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    from wsss_pl.labeling.segmenters import Sam2Segmenter
+    from wsss_pl.labeling.tiny import TINY_SAM3_IMAGE_SIZE, tiny_sam3_tracker_processor
+
+    model = informative_tiny("sam3_tracker")
+    return Sam2Segmenter(model, tiny_sam3_tracker_processor(), 1, image_size=TINY_SAM3_IMAGE_SIZE)
+
+
+def tracker_reference(segmenter, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The documented call: Sam3TrackerProcessor(images, input_boxes) -> Sam3TrackerModel
+    (single-mask output) -> post_process_masks; mask logits [N, H, W]."""
+    processor = segmenter.processor
+    inputs = processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
+    with torch.no_grad():
+        out = segmenter.model(**inputs, multimask_output=False)
+    return processor.post_process_masks(out.pred_masks, inputs["original_sizes"], binarize=False)[
+        0
+    ][:, 0]
+
+
+@pytest.mark.sample_data
+def test_sam3_tracker_masks_match_the_official_call(tracker, images) -> None:
+    from equivalence import assert_informative_masks
+
+    image = as_tensor(images[1])
+    logits = tracker_reference(tracker, image, BOXES[:2])
+    print(f"SAM 3 tracker reference: {assert_informative_masks(logits, BOXES[:2])}")
+    ((masks, _),) = tracker([image], [BOXES[:2]])
+    assert torch.equal(masks, logits > 0)
+
+
+@pytest.mark.sample_data
+def test_sam3_tracker_comparison_fails_with_a_shifted_box(tracker, images) -> None:
+    from equivalence import compare_class_maps
+
+    image = as_tensor(images[1])
+    ((masks, _),) = tracker([image], [BOXES[:2]])
+    logits = tracker_reference(tracker, image, BOXES[:2] + 4.0)
+    assert (
+        compare_class_maps(masks, logits > 0, threshold_margin(logits), MASK_TIE).unexcused >= 100
+    )
+
+
+def test_sam3_tracker_spec_offline_message(tmp_path) -> None:
+    from wsss_pl.errors import WeightsError
+    from wsss_pl.labeling.segmenters import Sam3TrackerSpec
+
+    assert Sam3TrackerSpec("tiny").settings() == {"type": "sam3_tracker_tiny", "seed": 0}
+    with pytest.raises(WeightsError, match="huggingface.co/facebook/sam3"):
+        Sam3TrackerSpec(str(tmp_path / "missing")).settings()

@@ -205,13 +205,20 @@ class Sam2Segmenter(nn.Module):
     and the processor's ``post_process_masks`` (upsample to the image, threshold).
     """
 
-    def __init__(self, model: nn.Module, processor: Any, encoder_batch_size: int = 4) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        encoder_batch_size: int = 4,
+        image_size: int = SAM2_IMAGE_SIZE,
+    ) -> None:
         super().__init__()
         if encoder_batch_size < 1:
             raise ValueError(f"encoder_batch_size must be >= 1, got {encoder_batch_size}")
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.encoder_batch_size = encoder_batch_size
+        self.image_size = image_size  # the square input boxes are scaled to (SAM 3 tracker: 1008)
         self.fixed_batch = False  # as SamSegmenter.fixed_batch: pad every encoder batch
 
     def train(self, mode: bool = True) -> Sam2Segmenter:
@@ -249,9 +256,9 @@ class Sam2Segmenter(nn.Module):
             raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
         height, width = int(image.shape[-2]), int(image.shape[-1])
         scale = torch.tensor(
-            [SAM2_IMAGE_SIZE / width, SAM2_IMAGE_SIZE / height] * 2, device=self.device
+            [self.image_size / width, self.image_size / height] * 2, device=self.device
         )
-        prompt = (boxes.to(self.device, torch.float32) * scale)[None]  # [1, N, 4] at 1024x1024
+        prompt = (boxes.to(self.device, torch.float32) * scale)[None]  # [1, N, 4] at S x S
         out = self.model(image_embeddings=embeddings, input_boxes=prompt, multimask_output=False)
         masks = self.processor.post_process_masks(out.pred_masks, [[height, width]])[0][:, 0]
         return masks.to(self.device, torch.bool), out.iou_scores[0, :, 0].float()
@@ -345,3 +352,71 @@ class Sam2Spec(SegmenterSpec):
         return Sam2Segmenter(
             Sam2Model.from_pretrained(directory), sam2_processor(directory), encoder_batch_size
         )
+
+
+# --- SAM 3 tracker (transformers): SAM 3's box-promptable branch --------------------------------
+class Sam3TrackerSpec(SegmenterSpec):
+    """SAM 3's promptable visual segmentation branch (transformers ``Sam3TrackerModel``, the
+    SAM 2-style prompt encoder + mask decoder on SAM 3's image encoder): refines another
+    detector's boxes into masks exactly as ``Sam2Spec`` does (``Sam2Segmenter``, the processor's
+    1008 px square).
+
+    Args:
+        model: a local ``facebook/sam3`` directory, ``sam3`` (the HF cache copy; gated: see
+            ``wsss_pl.labeling.sam3.Sam3Spec``), or ``tiny`` (random tiny model, tests).
+        download: with ``sam3``, try the hub when the cache lacks it.
+    """
+
+    def __init__(self, model: str = "sam3", download: bool = False) -> None:
+        self.model = model
+        self.download = download
+
+    def _directory(self) -> str:
+        from wsss_pl.labeling.sam3 import Sam3Spec
+
+        return str(Sam3Spec(self.model, download=self.download)._directory())
+
+    def settings(self) -> dict[str, Any]:
+        if self.model == TINY:
+            return {"type": "sam3_tracker_tiny", "seed": 0}
+        import hashlib
+
+        from wsss_pl.weights import checkpoint_fingerprint
+
+        directory = Path(self._directory())
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise WeightsError(f"SAM 3 directory {directory} has no model.safetensors")
+        config = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+        return {
+            "type": "sam3_tracker",
+            "sha256": checkpoint_fingerprint(weights),
+            "config_sha256": config,
+        }
+
+    def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
+        """``image_resize`` is not used: the processor's resize."""
+        if self.model == TINY:
+            from wsss_pl.labeling.tiny import (
+                TINY_SAM3_IMAGE_SIZE,
+                tiny_sam3_tracker,
+                tiny_sam3_tracker_processor,
+            )
+
+            return Sam2Segmenter(
+                tiny_sam3_tracker(),
+                tiny_sam3_tracker_processor(),
+                encoder_batch_size,
+                image_size=TINY_SAM3_IMAGE_SIZE,
+            )
+        from transformers import Sam3TrackerModel, Sam3TrackerProcessor
+
+        directory = self._directory()
+        try:
+            model = Sam3TrackerModel.from_pretrained(directory)
+            processor = Sam3TrackerProcessor.from_pretrained(directory)
+        except OSError as error:
+            raise WeightsError(
+                f"cannot load the SAM 3 tracker from {directory!r}: {error}"
+            ) from error
+        return Sam2Segmenter(model, processor, encoder_batch_size, image_size=processor.target_size)

@@ -163,7 +163,7 @@ def scale_mask_logits(model: nn.Module, factor: float) -> nn.Module:
 
 
 InformativeKind = Literal[
-    "sam", "hq_sam", "sam2", "grounding_dino", "mm_grounding_dino", "owlv2", "sam3"
+    "sam", "hq_sam", "sam2", "grounding_dino", "mm_grounding_dino", "owlv2", "sam3", "sam3_tracker"
 ]
 # Output scales measured on the VOC sample 2007_000033.jpg (two boxes): median |mask logit| of the
 # plain models 0.020 (SAM), 0.056 (HQ-SAM, SAM + HQ token), 4.2e-6 (SAM 2); Grounding DINO's box
@@ -181,6 +181,8 @@ INFORMATIVE_SCALES: dict[str, float] = {
     "sam3": 2.0**8,
     "sam3_masks": 2.0**14,
     "sam3_semantic": 2.0**6,
+    # SAM 3 tracker: median |mask logit| 1.3e-5 on a random 240x320 image with three boxes.
+    "sam3_tracker": 2.0**18,
 }
 
 
@@ -201,6 +203,8 @@ def informative_tiny(kind: InformativeKind, seed: int = 0) -> nn.Module:
         return tiny_mm_grounding_dino(seed, logit_scale=scale)
     if kind == "owlv2":
         return tiny_owlv2(seed, logit_scale=scale)
+    if kind == "sam3_tracker":
+        return tiny_sam3_tracker(seed, mask_logit_scale=scale)
     if kind == "sam3":
         masks, semantic = INFORMATIVE_SCALES["sam3_masks"], INFORMATIVE_SCALES["sam3_semantic"]
         return tiny_sam3(seed, scale, masks, semantic)
@@ -481,3 +485,49 @@ def tiny_omdet_turbo_processor() -> Any:
         size={"height": TINY_OMDET_IMAGE_SIZE, "width": TINY_OMDET_IMAGE_SIZE}, do_pad=False
     )
     return OmDetTurboProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def tiny_sam3_tracker(seed: int = 0, mask_logit_scale: float = 1.0) -> nn.Module:
+    """A random SAM 3 tracker (``Sam3TrackerModel``): ``tiny_sam3``'s image encoder sizes (2-layer
+    ViT of width 32 on 224 px, FPN at 64 / 32 / 16), a prompt encoder and 1-layer two-way mask
+    decoder of width 32; ``mask_logit_scale`` as ``scale_mask_logits``."""
+    from transformers import Sam3TrackerConfig, Sam3TrackerModel, Sam3VisionConfig, Sam3ViTConfig
+    from transformers.models.sam3_tracker.configuration_sam3_tracker import (
+        Sam3TrackerMaskDecoderConfig,
+        Sam3TrackerPromptEncoderConfig,
+    )
+
+    size, grid = TINY_SAM3_IMAGE_SIZE, TINY_SAM3_IMAGE_SIZE // 14
+    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
+    config = Sam3TrackerConfig(
+        vision_config=Sam3VisionConfig(
+            backbone_config=Sam3ViTConfig(
+                **small, num_hidden_layers=2, image_size=size, patch_size=14, window_size=8,
+                global_attn_indexes=[1], pretrain_image_size=size,
+            ),
+            fpn_hidden_size=32,
+            backbone_feature_sizes=[[4 * grid] * 2, [2 * grid] * 2, [grid] * 2],
+        ),
+        prompt_encoder_config=Sam3TrackerPromptEncoderConfig(
+            hidden_size=32, image_size=size, patch_size=14, mask_input_channels=4
+        ),
+        mask_decoder_config=Sam3TrackerMaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
+            iou_head_hidden_dim=32,
+        ),
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam3TrackerModel(config).eval()
+    return scale_mask_logits(model, mask_logit_scale)
+
+
+def tiny_sam3_tracker_processor() -> Any:
+    """``Sam3TrackerProcessor`` for ``tiny_sam3_tracker``: SAM 3's image processor at 224 px."""
+    from transformers import Sam3ImageProcessor, Sam3TrackerProcessor
+
+    image_processor = Sam3ImageProcessor(
+        size={"height": TINY_SAM3_IMAGE_SIZE, "width": TINY_SAM3_IMAGE_SIZE},
+        mask_size={"height": TINY_SAM3_IMAGE_SIZE // 4, "width": TINY_SAM3_IMAGE_SIZE // 4},
+    )
+    return Sam3TrackerProcessor(image_processor=image_processor)
