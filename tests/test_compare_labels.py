@@ -41,7 +41,7 @@ def write_config(tmp_path: Path, sample_data: Path) -> Path:
             "gdino_sam": {"detector": "tiny", "sam_checkpoint": "tiny", "box_threshold": 0.2},
             "sam3": {
                 "detector": {
-                    "class_path": "wsss_pl.labeling.sam3.Sam3Spec",
+                    "class_path": "wsss_pl.labeling.detectors.Sam3Spec",
                     "init_args": {"model": "tiny"},
                 },
                 "box_threshold": 0.25,

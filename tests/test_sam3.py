@@ -26,8 +26,8 @@ from PIL import Image
 from test_grounding_equivalence import MIN_GAP, as_tensor, gap_threshold, real_image
 
 from wsss_pl.classes import VOC
+from wsss_pl.labeling.detectors.sam3 import Sam3Detector, Sam3Spec
 from wsss_pl.labeling.online import OnlinePseudoLabels
-from wsss_pl.labeling.sam3 import Sam3Detector, Sam3Spec
 from wsss_pl.labeling.tiny import informative_tiny, tiny_sam3_processor
 
 PRESENT = [["aeroplane", "person"], ["horse"]]  # horse: 3 phrases (horse, halter, saddle)

@@ -259,7 +259,7 @@ HUB_MODELS: dict[str, HubModel] = {
                 "merges.txt",
             ),  # fmt: skip
             description="SAM 3 (Meta, Nov 2025): text-prompted instance + semantic masks "
-            "(wsss_pl.labeling.sam3.Sam3Spec). Gated: accept the SAM License on the hub page, "
+            "(wsss_pl.labeling.detectors.sam3.Sam3Spec). Gated: accept the SAM License on the hub page, "
             "download it with `hf download facebook/sam3 --local-dir DIR` and pass DIR",
             licence="SAM License (Meta; gated)",
             gated=True,

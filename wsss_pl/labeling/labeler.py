@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
-from wsss_pl.labeling.cache import encode_rle
 from wsss_pl.labeling.detectors import Detections, concat_detections
 from wsss_pl.labeling.exclusion import ExclusionFill, erase, split_exclusions
 from wsss_pl.labeling.merge import (
@@ -20,6 +19,7 @@ from wsss_pl.labeling.merge import (
     mark_missing_classes,
     merge_instances,
 )
+from wsss_pl.labeling.storage.cache import encode_rle
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class LabelResult:
 
     Attributes:
         label: uint8 [H, W], 0 background, 1..C classes, 255 ignore; on the labeler's device.
-        metadata: JSON-serialisable instance record (schema in ``wsss_pl.labeling.cache``).
+        metadata: JSON-serialisable instance record (schema in ``wsss_pl.labeling.storage.cache``).
         missing_classes: prompted classes that got no box, even after a retry.
         num_unmatched_boxes: boxes whose tokens mapped to no prompted class (counted, not used).
     """

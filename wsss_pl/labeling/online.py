@@ -20,7 +20,6 @@ from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.base import DatasetSource, Sample
 from wsss_pl.data.label_sources import LabelSource, TargetLoader
 from wsss_pl.errors import CacheError
-from wsss_pl.labeling.cache import PseudoLabelCache
 from wsss_pl.labeling.detectors import DetectorOptions, DetectorSpec, GroundingDinoSpec
 from wsss_pl.labeling.exclusion import with_exclusion_phrases
 from wsss_pl.labeling.invariance import (
@@ -40,7 +39,8 @@ from wsss_pl.labeling.rules import (
     Preset,
 )
 from wsss_pl.labeling.segmenters import SegmenterSpec
-from wsss_pl.labeling.writer import CacheWriter, to_cpu_once
+from wsss_pl.labeling.storage.cache import PseudoLabelCache
+from wsss_pl.labeling.storage.writer import CacheWriter, to_cpu_once
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ class OnlinePseudoLabels(LabelSource):
             ``SamPredictor.set_image``) and clip_boxes ``false``. ``wsss_pl``: readable prompt
             names with ``" . "``, the best class token above text_threshold, torch resizes on the
             device, boxes clipped. The four options below override single rules of the preset.
-        caption_style: ``paper`` or ``prompt_names`` (see ``wsss_pl.labeling.prompt``).
-        phrase_rule: ``argmax_word`` or ``best_class_token`` (see ``wsss_pl.labeling.prompt``).
+        caption_style: ``paper`` or ``prompt_names`` (see ``wsss_pl.labeling.detectors.prompt``).
+        phrase_rule: ``argmax_word`` or ``best_class_token`` (see ``wsss_pl.labeling.detectors.prompt``).
         image_resize: ``pil`` or ``tensor`` (detector and SAM inputs; see ``GroundingDetector``).
         clip_boxes: clip boxes to the image before SAM.
         batch_mode: ``fixed`` (default): the detector runs same-shape images exactly
@@ -118,7 +118,7 @@ class OnlinePseudoLabels(LabelSource):
             a hub id, a local directory, or ``tiny`` (random tiny model, for demos and tests);
             or another detector as a class_path (``wsss_pl.labeling.detectors``:
             ``GroundingDinoSpec``, ``MMGroundingDinoSpec``, ``OwlV2Spec``, ``OmDetTurboSpec``;
-            SAM 3: ``wsss_pl.labeling.sam3.Sam3Spec``, which makes the masks itself, so no SAM
+            SAM 3: ``wsss_pl.labeling.detectors.sam3.Sam3Spec``, which makes the masks itself, so no SAM
             runs).
             A string is ``GroundingDinoSpec(model=...)`` with the same cache fingerprint.
         sam_type: SAM backbone ``vit_h`` (paper), ``vit_l`` or ``vit_b``.
@@ -143,7 +143,7 @@ class OnlinePseudoLabels(LabelSource):
             GPU or kernel would give, so it is not part of the cache fingerprint).
         sam_compile: ``torch.compile`` SAM's encoder blocks (speed only; not fingerprinted).
         write_workers: threads that RLE-encode and write labels in the background
-            (``wsss_pl.labeling.writer``); 0 writes in the labelling thread. Flushed before an
+            (``wsss_pl.labeling.storage.writer``); 0 writes in the labelling thread. Flushed before an
             epoch or the label pass ends and before a checkpoint (``FlushLabelWrites``).
     """
 
@@ -367,8 +367,8 @@ class OnlinePseudoLabels(LabelSource):
     # --- labelling on the device ---------------------------------------------------------
     def build_labeler(self) -> PseudoLabeler:
         """Build the frozen models (CPU); called once, on first need."""
-        from wsss_pl.labeling.sam import SamSegmenter
-        from wsss_pl.labeling.sam_fast import compile_blocks, use_attention
+        from wsss_pl.labeling.segmenters.sam import SamSegmenter
+        from wsss_pl.labeling.segmenters.sam_fast import compile_blocks, use_attention
         from wsss_pl.labeling.tiny import tiny_segmenter
 
         detector = self.detector_spec.build(self.detector_options())

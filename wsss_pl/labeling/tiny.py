@@ -34,9 +34,9 @@ from transformers import (
     SwinConfig,
 )
 
-from wsss_pl.labeling.grounding import GroundingDetector
-from wsss_pl.labeling.sam import SamSegmenter
-from wsss_pl.labeling.tokenizer import BERT_VOCAB_SIZE, bert_tokenizer
+from wsss_pl.labeling.detectors.grounding import GroundingDetector
+from wsss_pl.labeling.detectors.tokenizer import BERT_VOCAB_SIZE, bert_tokenizer
+from wsss_pl.labeling.segmenters.sam import SamSegmenter
 
 SAM_IMAGE_SIZE = 1024  # SAM's box/mask geometry assumes a 1024 px input
 

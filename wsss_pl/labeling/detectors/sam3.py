@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.detectors import (
+from wsss_pl.labeling.detectors.base import (
     TINY,
     Detections,
     DetectorOptions,

@@ -56,7 +56,7 @@ def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, source: Path) -> None:
             f"{list(GROUNDING_SPECIAL_IDS)} = {ids}); Grounding DINO needs exactly that vocabulary"
         )
     # The packaged tokenizer.json pins truncation/padding at 128; captions are chunked by
-    # wsss_pl.labeling.prompt instead, and padding is asked for per call.
+    # wsss_pl.labeling.detectors.prompt instead, and padding is asked for per call.
     tokenizer.backend_tokenizer.no_truncation()
     tokenizer.backend_tokenizer.no_padding()
 

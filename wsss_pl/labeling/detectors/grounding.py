@@ -17,16 +17,16 @@ from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBas
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.detectors import Detections, concat_detections
-from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode, per_image_bi_attention
-from wsss_pl.labeling.prompt import (
+from wsss_pl.labeling.detectors.base import Detections, concat_detections
+from wsss_pl.labeling.detectors.prompt import (
     Caption,
     assign_boxes_by_argmax_word,
     assign_boxes_to_classes,
     build_captions,
 )
+from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
+from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode, per_image_bi_attention
 from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule, detector_input_size
-from wsss_pl.labeling.tokenizer import bert_tokenizer
 from wsss_pl.weights import resolve_hub_model, unsafe_pickle_error
 
 NEUTRAL_CAPTION = "."  # the caption of the zero images that fill a fixed-size detector batch
@@ -60,7 +60,7 @@ class GroundingDetector(nn.Module):
     (``image_size x max_size`` or ``max_size x image_size``) and groups by orientation instead;
     images are never padded to each other's sizes (that changes detections for real).
 
-    Box -> class (``phrase_rule``): see ``wsss_pl.labeling.prompt``. Boxes are scaled to pixels
+    Box -> class (``phrase_rule``): see ``wsss_pl.labeling.detectors.prompt``. Boxes are scaled to pixels
     the released way (``cx*W - w*W/2``, then ``+ w*W``) and clipped to the image only with
     ``clip_boxes`` (the released code passed them to SAM unclipped).
     """
