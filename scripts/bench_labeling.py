@@ -54,9 +54,9 @@ from bench_common import load_average, maxrss_mib, synchronize
 from torch import Tensor, nn
 
 from wsss_pl.classes import VOC
-from wsss_pl.labeling.grounding import GroundingDetector
+from wsss_pl.labeling.detectors.grounding import GroundingDetector
 from wsss_pl.labeling.labeler import LabelResult, PseudoLabeler
-from wsss_pl.labeling.sam import SamSegmenter
+from wsss_pl.labeling.segmenters.sam import SamSegmenter
 
 
 @dataclass
@@ -78,7 +78,7 @@ def real_size_detector(seed: int) -> GroundingDetector:
     """Grounding DINO with the Swin-T / BERT-base architecture, random weights."""
     from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection
 
-    from wsss_pl.labeling.tokenizer import bert_tokenizer
+    from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 
     torch.manual_seed(seed)
     model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval()
@@ -572,7 +572,7 @@ def main() -> None:
                 rows.append(Row(config, batch, None, len(images), 0.0, None, f"FAILED {message}"))
 
     if args.fast:
-        from wsss_pl.labeling.sam_fast import compile_blocks, use_attention
+        from wsss_pl.labeling.segmenters.sam_fast import compile_blocks, use_attention
 
         use_attention(labeler.segmenter.sam.image_encoder, "sdpa")
         variants = [("bf16 + sdpa", False)] + ([("bf16 + sdpa + compile", True)] * args.compile)

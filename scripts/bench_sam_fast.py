@@ -1,4 +1,4 @@
-"""Benchmark and agreement of SAM's image-encoder fast path (``wsss_pl.labeling.sam_fast``).
+"""Benchmark and agreement of SAM's image-encoder fast path (``wsss_pl.labeling.segmenters.sam_fast``).
 
 Rows, all in one process on the same random images and the same random-weight SAM:
 original fp32 (baseline), sdpa fp32, original bf16 autocast, sdpa bf16 autocast, and with
@@ -26,8 +26,8 @@ from segment_anything.modeling import (
 )
 from segment_anything.modeling.image_encoder import Attention
 
-from wsss_pl.labeling.sam import SamSegmenter
-from wsss_pl.labeling.sam_fast import compile_blocks, use_attention
+from wsss_pl.labeling.segmenters.sam import SamSegmenter
+from wsss_pl.labeling.segmenters.sam_fast import compile_blocks, use_attention
 from wsss_pl.labeling.tiny import vit_b_shaped_sam
 
 

@@ -34,7 +34,7 @@ from wsss_pl.labeling.invariance import per_image_bi_attention
 from wsss_pl.labeling.label_pass import run_label_pass
 from wsss_pl.labeling.labeler import PseudoLabeler
 from wsss_pl.labeling.online import OnlinePseudoLabels
-from wsss_pl.labeling.sam import fill_batch
+from wsss_pl.labeling.segmenters.sam import fill_batch
 from wsss_pl.labeling.tiny import tiny_detector, tiny_grounding_dino, tiny_segmenter
 from wsss_pl.models.deeplab_v2 import DeepLabV2
 from wsss_pl.module import SegmentationModule

@@ -24,7 +24,7 @@ from wsss_pl.labeling.box_prompts import (
     voc_xml_boxes,
     yolo_boxes,
 )
-from wsss_pl.labeling.cache import decode_rle
+from wsss_pl.labeling.storage.cache import decode_rle
 from wsss_pl.labeling.tiny import tiny_segmenter
 
 

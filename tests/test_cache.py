@@ -16,7 +16,7 @@ import torch
 
 from wsss_pl.classes import voc_palette
 from wsss_pl.errors import CacheError
-from wsss_pl.labeling.cache import (
+from wsss_pl.labeling.storage.cache import (
     LABEL_FORMAT_VERSION,
     PseudoLabelCache,
     decode_rle,

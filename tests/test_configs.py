@@ -12,7 +12,12 @@ import yaml
 
 from wsss_pl.cli import build_cli
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+# compare_*.yaml are compare-labels configs (tests/test_compare_labels.py), not training configs.
+CONFIGS = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+    if not p.stem.startswith("compare_")
+)
 
 
 @functools.cache

@@ -20,7 +20,7 @@ pytestmark = [
 
 
 def test_sdpa_encoder_bf16_agrees_with_fp32_on_cuda() -> None:
-    from wsss_pl.labeling.sam_fast import use_attention
+    from wsss_pl.labeling.segmenters.sam_fast import use_attention
     from wsss_pl.labeling.tiny import tiny_sam
 
     sam = tiny_sam().cuda()

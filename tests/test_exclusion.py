@@ -14,13 +14,13 @@ from wsss_pl.classes import VOC
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.voc import VOC as VOCSource
 from wsss_pl.errors import ConfigError, UnknownClassError
-from wsss_pl.labeling.cache import decode_rle
+from wsss_pl.labeling.detectors.grounding import Detections
+from wsss_pl.labeling.detectors.prompt import build_captions
+from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 from wsss_pl.labeling.exclusion import with_exclusion_phrases
-from wsss_pl.labeling.grounding import Detections
 from wsss_pl.labeling.labeler import PseudoLabeler
 from wsss_pl.labeling.online import OnlinePseudoLabels
-from wsss_pl.labeling.prompt import build_captions
-from wsss_pl.labeling.tokenizer import bert_tokenizer
+from wsss_pl.labeling.storage.cache import decode_rle
 
 TABLE, PERSON = VOC.label_id("diningtable"), VOC.label_id("person")
 

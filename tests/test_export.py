@@ -12,9 +12,9 @@ from pycocotools.coco import COCO
 from wsss_pl.classes import COCO as COCO_VOCAB
 from wsss_pl.classes import VOC, ClassVocabulary
 from wsss_pl.errors import DataError
-from wsss_pl.labeling.cache import PseudoLabelCache, decode_rle, encode_rle
-from wsss_pl.labeling.export import export_coco_json
 from wsss_pl.labeling.merge import merge_instances
+from wsss_pl.labeling.storage.cache import PseudoLabelCache, decode_rle, encode_rle
+from wsss_pl.labeling.storage.export import export_coco_json
 
 
 def _box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:

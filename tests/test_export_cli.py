@@ -12,7 +12,7 @@ from pycocotools.coco import COCO as CocoApi
 from wsss_pl.classes import VOC, voc_palette
 from wsss_pl.cli import main
 from wsss_pl.errors import CacheError
-from wsss_pl.labeling.cache import PseudoLabelCache, encode_rle
+from wsss_pl.labeling.storage.cache import PseudoLabelCache, encode_rle
 
 
 def _filled_cache(root: Path) -> PseudoLabelCache:

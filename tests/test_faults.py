@@ -330,8 +330,8 @@ def test_two_label_runs_started_together(tmp_path: Path) -> None:
 
 
 def test_export_never_modifies_the_cache(tmp_path: Path) -> None:
-    from wsss_pl.labeling.cache import PseudoLabelCache
-    from wsss_pl.labeling.export import main as export_main
+    from wsss_pl.labeling.storage.cache import PseudoLabelCache
+    from wsss_pl.labeling.storage.export import main as export_main
 
     cache = PseudoLabelCache(
         tmp_path / "cache", "voc", {"classes": list(VOC.class_names)}, VOC.palette()

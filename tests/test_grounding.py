@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from wsss_pl.classes import VOC
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.grounding import Detections, GroundingDetector
+from wsss_pl.labeling.detectors.grounding import Detections, GroundingDetector
 from wsss_pl.labeling.tiny import tiny_detector
 
 NUM_QUERIES = 20  # tiny_grounding_dino's

@@ -38,10 +38,10 @@ from transformers import (
 )
 
 from wsss_pl.classes import VOC
-from wsss_pl.labeling.grounding import Detections, GroundingDetector
-from wsss_pl.labeling.prompt import Caption, build_captions
+from wsss_pl.labeling.detectors.grounding import Detections, GroundingDetector
+from wsss_pl.labeling.detectors.prompt import Caption, build_captions
+from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 from wsss_pl.labeling.tiny import informative_tiny
-from wsss_pl.labeling.tokenizer import bert_tokenizer
 
 # IDEA-Research/grounding-dino-tiny preprocessor_config.json (resample 2 = bilinear).
 PREPROCESSOR_CONFIG = {

@@ -25,13 +25,13 @@ from segment_anything import SamPredictor
 from wsss_pl.classes import COCO, VOC
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.folder import ImageFolder
-from wsss_pl.labeling.grounding import GroundingDetector
+from wsss_pl.labeling.detectors.grounding import GroundingDetector
+from wsss_pl.labeling.detectors.prompt import assign_boxes_by_argmax_word, build_captions
+from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 from wsss_pl.labeling.label_pass import run_label_pass
 from wsss_pl.labeling.online import OnlinePseudoLabels
-from wsss_pl.labeling.prompt import assign_boxes_by_argmax_word, build_captions
-from wsss_pl.labeling.sam import SamSegmenter
+from wsss_pl.labeling.segmenters.sam import SamSegmenter
 from wsss_pl.labeling.tiny import informative_tiny
-from wsss_pl.labeling.tokenizer import bert_tokenizer
 
 # --- the released code's constants, copied from process_pascal.py -----------------------------
 RELEASED_VOC = [
@@ -400,7 +400,7 @@ def test_label_pass_at_batch_1_and_8_gives_identical_pngs(tmp_path, sample_data)
 @pytest.mark.sample_data
 def test_same_shape_batching_sorts_the_pass_by_shape(tmp_path, sample_data, monkeypatch) -> None:
     root = _folder(tmp_path, sample_data)
-    from wsss_pl.labeling.grounding import GroundingDetector as Detector
+    from wsss_pl.labeling.detectors.grounding import GroundingDetector as Detector
 
     calls: list[int] = []
     original = Detector._run

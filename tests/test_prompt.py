@@ -9,9 +9,9 @@ import torch
 
 from wsss_pl.classes import COCO, VOC, VOC_CLASSES, ClassVocabulary
 from wsss_pl.errors import UnknownClassError, WeightsError
-from wsss_pl.labeling import tokenizer as tokenizer_module
-from wsss_pl.labeling.prompt import Caption, assign_boxes_to_classes, build_captions
-from wsss_pl.labeling.tokenizer import bert_tokenizer
+from wsss_pl.labeling.detectors import tokenizer as tokenizer_module
+from wsss_pl.labeling.detectors.prompt import Caption, assign_boxes_to_classes, build_captions
+from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 
 # COCO with assist words, long enough to overflow Grounding DINO's 256 text tokens.
 COCO_ASSIST = ClassVocabulary(

@@ -22,7 +22,7 @@ from segment_anything import SamPredictor
 from torch import Tensor
 
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.sam import SamSegmenter
+from wsss_pl.labeling.segmenters.sam import SamSegmenter
 from wsss_pl.labeling.tiny import informative_tiny, tiny_sam
 
 # Mask pixels whose reference logit is this close to the threshold may flip between two float

@@ -6,8 +6,8 @@ import pytest
 import torch
 from segment_anything.modeling.image_encoder import Attention
 
-from wsss_pl.labeling.sam import SamSegmenter
-from wsss_pl.labeling.sam_fast import SdpaAttention, use_attention
+from wsss_pl.labeling.segmenters.sam import SamSegmenter
+from wsss_pl.labeling.segmenters.sam_fast import SdpaAttention, use_attention
 from wsss_pl.labeling.tiny import vit_b_shaped_sam
 
 # fp32: the fused kernel sums in another order; ViT-B's 12 blocks amplify that to ~1e-5.

@@ -6,7 +6,8 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from wsss_pl.labeling.sam import SamSegmenter
+from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
+from wsss_pl.labeling.segmenters.sam import SamSegmenter
 from wsss_pl.labeling.tiny import (
     INFORMATIVE_SCALES,
     informative_tiny,
@@ -14,7 +15,6 @@ from wsss_pl.labeling.tiny import (
     tiny_grounding_dino,
     tiny_sam,
 )
-from wsss_pl.labeling.tokenizer import bert_tokenizer
 
 
 def test_sam_scaling_is_exact_and_keeps_the_masks() -> None:

@@ -11,8 +11,8 @@ import torch
 
 from wsss_pl.classes import voc_palette
 from wsss_pl.errors import CacheError
-from wsss_pl.labeling.cache import PseudoLabelCache, decode_rle
-from wsss_pl.labeling.writer import CacheWriter, FlushLabelWrites, to_cpu_once
+from wsss_pl.labeling.storage.cache import PseudoLabelCache, decode_rle
+from wsss_pl.labeling.storage.writer import CacheWriter, FlushLabelWrites, to_cpu_once
 
 
 def _cache(root: Path) -> PseudoLabelCache:

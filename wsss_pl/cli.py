@@ -259,7 +259,8 @@ COMMANDS: dict[str, tuple[str, Runner]] = {
     "predict": ("write palette PNG predictions (wsss_pl.callbacks.PaletteWriter)", "wsss_pl.lightning_cli:predict"),
     "label": ("make the pseudo-label cache on all devices, score it against ground truth", "wsss_pl.lightning_cli:run_label"),
     "evaluate-labels": ("mIoU of a folder of label PNGs against ground-truth PNGs", "wsss_pl.evaluation:main"),
-    "export-labels": ("pseudo-label cache -> COCO instance JSON (RLE) for review tools", "wsss_pl.labeling.export:main"),
+    "compare-labels": ("several labellers on the same images: pseudo-label mIoU, speed, memory in one table", "wsss_pl.compare_labels:main"),
+    "export-labels": ("pseudo-label cache -> COCO instance JSON (RLE) for review tools", "wsss_pl.labeling.storage.export:main"),
     "export-model": ("a trained checkpoint as ONNX / TorchScript (uint8 image in, normalisation inside)", "wsss_pl.export_model:main"),
     "reproduce": ("the paper's experiment end to end (label, score, fit, test) and its table", "wsss_pl.reproduce:main"),
 }  # fmt: skip

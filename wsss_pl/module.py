@@ -285,7 +285,7 @@ class SegmentationModule(pl.LightningModule):
 
     def configure_callbacks(self) -> list[pl.Callback]:
         # Background pseudo-label writes are flushed before epoch ends and checkpoints.
-        from wsss_pl.labeling.writer import FlushLabelWrites
+        from wsss_pl.labeling.storage.writer import FlushLabelWrites
 
         return [FlushLabelWrites()]
 

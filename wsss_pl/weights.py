@@ -157,6 +157,8 @@ class HubModel:
     required_files: tuple[str, ...] = ("config.json",)
     optional_files: tuple[str, ...] = ()
     description: str = ""
+    licence: str = ""  # the model card's licence
+    gated: bool = False  # the hub asks to accept a licence first: download it yourself
 
 
 _GROUNDING_DINO_FILES = (
@@ -180,6 +182,7 @@ HUB_MODELS: dict[str, HubModel] = {
             required_files=_GROUNDING_DINO_FILES,
             optional_files=("added_tokens.json",),
             description="Grounding DINO Swin-T (the paper's detector, 689 MB)",
+            licence="Apache-2.0",
         ),
         HubModel(
             name="grounding-dino-base",
@@ -187,6 +190,79 @@ HUB_MODELS: dict[str, HubModel] = {
             required_files=_GROUNDING_DINO_FILES,
             optional_files=("added_tokens.json",),
             description="Grounding DINO Swin-B (933 MB)",
+            licence="Apache-2.0",
+        ),
+        HubModel(  # id from the transformers MM Grounding DINO docs
+            name="mm-grounding-dino-tiny",
+            repo_id="openmmlab-community/mm_grounding_dino_tiny_o365v1_goldg_v3det",
+            required_files=_GROUNDING_DINO_FILES[:2],
+            optional_files=_GROUNDING_DINO_FILES[2:] + ("added_tokens.json",),
+            description="MM-Grounding-DINO Swin-T (o365v1 + goldg + v3det; MMDetection's re-trained "
+            "Grounding DINO; a labeller alternative, wsss_pl.labeling.detectors.MMGroundingDinoSpec)",
+            licence="Apache-2.0",
+        ),
+        HubModel(
+            name="owlv2-base",
+            repo_id="google/owlv2-base-patch16-ensemble",
+            required_files=("config.json", "model.safetensors", "preprocessor_config.json"),
+            optional_files=(
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.json",
+                "merges.txt",
+            ),  # fmt: skip
+            description="OWLv2 ViT-B/16 ensemble (wsss_pl.labeling.detectors.OwlV2Spec)",
+            licence="Apache-2.0",
+        ),
+        HubModel(
+            name="owlv2-large",
+            repo_id="google/owlv2-large-patch14-ensemble",
+            required_files=("config.json", "model.safetensors", "preprocessor_config.json"),
+            optional_files=(
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.json",
+                "merges.txt",
+            ),  # fmt: skip
+            description="OWLv2 ViT-L/14 ensemble",
+            licence="Apache-2.0",
+        ),
+        HubModel(
+            name="omdet-turbo",
+            repo_id="omlab/omdet-turbo-swin-tiny-hf",
+            required_files=("config.json", "model.safetensors"),
+            optional_files=(
+                "preprocessor_config.json",
+                "processor_config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.json",
+                "merges.txt",
+            ),  # fmt: skip
+            description="OmDet-Turbo Swin-T (wsss_pl.labeling.detectors.OmDetTurboSpec)",
+            licence="Apache-2.0",
+        ),
+        HubModel(
+            name="sam3",
+            repo_id="facebook/sam3",
+            required_files=("config.json", "model.safetensors"),
+            optional_files=(
+                "processor_config.json",
+                "preprocessor_config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "vocab.json",
+                "merges.txt",
+            ),  # fmt: skip
+            description="SAM 3 (Meta, Nov 2025): text-prompted instance + semantic masks "
+            "(wsss_pl.labeling.detectors.sam3.Sam3Spec). Gated: accept the SAM License on the hub page, "
+            "download it with `hf download facebook/sam3 --local-dir DIR` and pass DIR",
+            licence="SAM License (Meta; gated)",
+            gated=True,
         ),
     )
 }
@@ -399,6 +475,14 @@ def _hub_model(name: str) -> HubModel:
 
 def _hub_help(model: HubModel, offline: bool, reason: str) -> str:
     mode = "offline (HF_HUB_OFFLINE=1 or download=False)" if offline else "online"
+    if model.gated:
+        return (
+            f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}.\n"
+            f"It is gated ({model.licence}): accept its licence at "
+            f"https://huggingface.co/{model.repo_id}, then on a machine with internet run\n"
+            f"    hf auth login && hf download {model.repo_id} --local-dir DIR\n"
+            f"copy DIR here and pass DIR instead of {model.name!r}."
+        )
     revision = f" --revision {model.revision}" if model.revision else ""
     files = " ".join([*model.required_files, *model.optional_files])
     return (

@@ -37,7 +37,6 @@ from wsss_pl.classes import IGNORE_INDEX, ClassVocabulary
 from wsss_pl.data.base import DatasetSource
 from wsss_pl.errors import CorruptFileError, DataError, UnknownClassError
 from wsss_pl.io import read_json
-from wsss_pl.labeling.cache import encode_rle
 from wsss_pl.labeling.invariance import BatchMode
 from wsss_pl.labeling.labeler import LabelResult
 from wsss_pl.labeling.merge import (
@@ -48,6 +47,7 @@ from wsss_pl.labeling.merge import (
 )
 from wsss_pl.labeling.online import TINY, OnlinePseudoLabels
 from wsss_pl.labeling.segmenters import SegmenterSpec
+from wsss_pl.labeling.storage.cache import encode_rle
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class BoxLabeler(nn.Module):
 
     Args:
         segmenter: called as ``segmenter(images, boxes)`` -> per image ``(masks, scores)``
-            (``wsss_pl.labeling.sam.SamSegmenter`` or any segmenter with that interface).
+            (``wsss_pl.labeling.segmenters.sam.SamSegmenter`` or any segmenter with that interface).
         vocabulary: the class names (for metadata and missing-class names).
         merge_policy, conflict: as ``merge_instances`` (box order = annotation order;
             ``score`` ranks by SAM's predicted IoU).
@@ -625,7 +625,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
         super().setup(source)
 
     def build_labeler(self) -> BoxLabeler:  # type: ignore[override]
-        from wsss_pl.labeling.sam import SamSegmenter
+        from wsss_pl.labeling.segmenters.sam import SamSegmenter
         from wsss_pl.labeling.tiny import tiny_segmenter
 
         options = {

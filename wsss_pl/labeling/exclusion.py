@@ -22,7 +22,7 @@ from wsss_pl.classes import IGNORE_INDEX, ClassVocabulary
 from wsss_pl.errors import ConfigError, UnknownClassError
 
 if TYPE_CHECKING:
-    from wsss_pl.labeling.grounding import Detections
+    from wsss_pl.labeling.detectors.grounding import Detections
 
 ExclusionFill = Literal["background", "ignore"]
 
@@ -92,7 +92,7 @@ def split_exclusions(
     removed = excluded(found.labels, found.phrases, exclusion_words)
     kept = removed.logical_not()
     flags = removed.tolist()
-    from wsss_pl.labeling.cache import encode_rle
+    from wsss_pl.labeling.storage.cache import encode_rle
 
     records = [
         {"label": int(c), "phrase": p, "box": [round(float(v), 2) for v in b.tolist()],

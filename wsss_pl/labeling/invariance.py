@@ -52,17 +52,24 @@ class PerImageBiAttention(nn.Module):
 
 
 def per_image_bi_attention(model: nn.Module) -> int:
-    """Swap every ``GroundingDinoBiMultiHeadAttention`` in ``model`` for its per-image variant
-    (same weights, same module; only the class changes). Returns how many were swapped."""
+    """Swap every ``GroundingDinoBiMultiHeadAttention`` (and MM-Grounding-DINO's copy of it) in
+    ``model`` for its per-image variant (same weights, same module; only the class changes).
+    Returns how many were swapped."""
     from transformers.models.grounding_dino.modeling_grounding_dino import (
-        GroundingDinoBiMultiHeadAttention as Stock,
+        GroundingDinoBiMultiHeadAttention,
+    )
+    from transformers.models.mm_grounding_dino.modeling_mm_grounding_dino import (
+        MMGroundingDinoBiMultiHeadAttention,
     )
 
-    patched = type("PerImageGroundingDinoBiMultiHeadAttention", (PerImageBiAttention, Stock), {})
+    patched = {
+        stock: type(f"PerImage{stock.__name__}", (PerImageBiAttention, stock), {})
+        for stock in (GroundingDinoBiMultiHeadAttention, MMGroundingDinoBiMultiHeadAttention)
+    }
     count = 0
     for module in model.modules():
-        if type(module) is Stock:
-            module.__class__ = patched
+        if type(module) in patched:
+            module.__class__ = patched[type(module)]
             count += 1
     return count
 

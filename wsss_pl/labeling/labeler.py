@@ -11,16 +11,15 @@ import torch
 from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
-from wsss_pl.labeling.cache import encode_rle
+from wsss_pl.labeling.detectors import Detections, concat_detections
 from wsss_pl.labeling.exclusion import ExclusionFill, erase, split_exclusions
-from wsss_pl.labeling.grounding import Detections, GroundingDetector
 from wsss_pl.labeling.merge import (
     ConflictPolicy,
     MergePolicy,
     mark_missing_classes,
     merge_instances,
 )
-from wsss_pl.labeling.sam import SamSegmenter
+from wsss_pl.labeling.storage.cache import encode_rle
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class LabelResult:
 
     Attributes:
         label: uint8 [H, W], 0 background, 1..C classes, 255 ignore; on the labeler's device.
-        metadata: JSON-serialisable instance record (schema in ``wsss_pl.labeling.cache``).
+        metadata: JSON-serialisable instance record (schema in ``wsss_pl.labeling.storage.cache``).
         missing_classes: prompted classes that got no box, even after a retry.
         num_unmatched_boxes: boxes whose tokens mapped to no prompted class (counted, not used).
     """
@@ -49,8 +48,10 @@ class PseudoLabeler(nn.Module):
     """Frozen Grounding DINO + SAM, batched: all images of a call share detector and encoder runs.
 
     Args:
-        detector: boxes per prompted class (box threshold 0.3 / text threshold 0.25 in the paper).
-        segmenter: SAM, one mask per box, all boxes of an image in one decoder call.
+        detector: boxes per prompted class (box threshold 0.3 / text threshold 0.25 in the paper);
+            any detector of ``wsss_pl.labeling.detectors``.
+        segmenter: SAM, one mask per box, all boxes of an image in one decoder call; None when
+            the detector makes the masks itself (SAM 3: ``Detections.masks``).
         vocabulary: class names, prompt names and assist words.
         merge_policy: which mask owns overlapping pixels (``paper``: later detection wins).
         conflict: ``ignore`` sets pixels claimed by different classes to 255.
@@ -65,8 +66,8 @@ class PseudoLabeler(nn.Module):
 
     def __init__(
         self,
-        detector: GroundingDetector,
-        segmenter: SamSegmenter,
+        detector: nn.Module,
+        segmenter: nn.Module | None,
         vocabulary: ClassVocabulary,
         merge_policy: MergePolicy = "paper",
         conflict: ConflictPolicy = "keep",
@@ -106,12 +107,13 @@ class PseudoLabeler(nn.Module):
         detections = self.detector(images, present, self.vocabulary)
         if self.missing_class_policy == "retry":
             detections = self._retry_missing(images, present, detections)
-        segments = self.segmenter(images, [d.boxes for d in detections])
+        if self.segmenter is None:
+            masks = [_own_masks(d, image) for d, image in zip(detections, images, strict=True)]
+        else:
+            masks = [m for m, _ in self.segmenter(images, [d.boxes for d in detections])]
         return [
-            self._merge(image, names, found, masks)
-            for image, names, found, (masks, _) in zip(
-                images, present, detections, segments, strict=True
-            )
+            self._merge(image, names, found, mask)
+            for image, names, found, mask in zip(images, present, detections, masks, strict=True)
         ]
 
     def _missing(self, names: list[str], found: Detections) -> list[str]:
@@ -136,14 +138,7 @@ class PseudoLabeler(nn.Module):
             box_threshold=self.retry_box_threshold,
         )
         for (i, _), extra in zip(todo, retried, strict=True):
-            base = detections[i]
-            detections[i] = Detections(
-                boxes=torch.cat([base.boxes, extra.boxes]),
-                scores=torch.cat([base.scores, extra.scores]),
-                labels=torch.cat([base.labels, extra.labels]),
-                phrases=[*base.phrases, *extra.phrases],
-                num_unmatched=base.num_unmatched + extra.num_unmatched,
-            )
+            detections[i] = concat_detections([detections[i], extra])
         return detections
 
     def _merge(
@@ -186,3 +181,12 @@ class PseudoLabeler(nn.Module):
             label.to(torch.uint8), metadata, missing, int(found.num_unmatched),
             None if self.encode_masks else masks,
         )  # fmt: skip
+
+
+def _own_masks(found: Detections, image: Tensor) -> Tensor:
+    """bool [N, H, W]: the masks a segmenting detector returned with its boxes."""
+    if found.masks is None:
+        if len(found):
+            raise ValueError("the labeler has no segmenter but the detector returned no masks")
+        return torch.zeros(0, *image.shape[-2:], dtype=torch.bool, device=found.boxes.device)
+    return found.masks.bool()

@@ -9,10 +9,8 @@ cache is complete never loads them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -22,7 +20,7 @@ from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.base import DatasetSource, Sample
 from wsss_pl.data.label_sources import LabelSource, TargetLoader
 from wsss_pl.errors import CacheError
-from wsss_pl.labeling.cache import PseudoLabelCache
+from wsss_pl.labeling.detectors import DetectorOptions, DetectorSpec, GroundingDinoSpec
 from wsss_pl.labeling.exclusion import with_exclusion_phrases
 from wsss_pl.labeling.invariance import (
     BATCH_MODES,
@@ -39,15 +37,14 @@ from wsss_pl.labeling.rules import (
     ImageResize,
     PhraseRule,
     Preset,
-    detector_input_size,
 )
 from wsss_pl.labeling.segmenters import SegmenterSpec
-from wsss_pl.labeling.writer import CacheWriter, to_cpu_once
+from wsss_pl.labeling.storage.cache import PseudoLabelCache
+from wsss_pl.labeling.storage.writer import CacheWriter, to_cpu_once
 
 log = logging.getLogger(__name__)
 
 TINY = "tiny"  # model name of the tiny randomly initialised models (demos and tests)
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 REVIEW_SAMPLES = 8  # labelled samples kept per epoch for the review callback
 
 
@@ -102,8 +99,8 @@ class OnlinePseudoLabels(LabelSource):
             ``SamPredictor.set_image``) and clip_boxes ``false``. ``wsss_pl``: readable prompt
             names with ``" . "``, the best class token above text_threshold, torch resizes on the
             device, boxes clipped. The four options below override single rules of the preset.
-        caption_style: ``paper`` or ``prompt_names`` (see ``wsss_pl.labeling.prompt``).
-        phrase_rule: ``argmax_word`` or ``best_class_token`` (see ``wsss_pl.labeling.prompt``).
+        caption_style: ``paper`` or ``prompt_names`` (see ``wsss_pl.labeling.detectors.prompt``).
+        phrase_rule: ``argmax_word`` or ``best_class_token`` (see ``wsss_pl.labeling.detectors.prompt``).
         image_resize: ``pil`` or ``tensor`` (detector and SAM inputs; see ``GroundingDetector``).
         clip_boxes: clip boxes to the image before SAM.
         batch_mode: ``fixed`` (default): the detector runs same-shape images exactly
@@ -118,7 +115,12 @@ class OnlinePseudoLabels(LabelSource):
         cpu_threads: intra-op threads while labelling on a CPU (the thread count changes bits).
         cache_root: cache directory; labels go to ``<cache_root>/<dataset>/<fingerprint>/``.
         detector: Grounding DINO: a registry name (``grounding-dino-tiny`` is the paper's Swin-T),
-            a hub id, a local directory, or ``tiny`` (random tiny model, for demos and tests).
+            a hub id, a local directory, or ``tiny`` (random tiny model, for demos and tests);
+            or another detector as a class_path (``wsss_pl.labeling.detectors``:
+            ``GroundingDinoSpec``, ``MMGroundingDinoSpec``, ``OwlV2Spec``, ``OmDetTurboSpec``;
+            SAM 3: ``wsss_pl.labeling.detectors.sam3.Sam3Spec``, which makes the masks itself, so no SAM
+            runs).
+            A string is ``GroundingDinoSpec(model=...)`` with the same cache fingerprint.
         sam_type: SAM backbone ``vit_h`` (paper), ``vit_l`` or ``vit_b``.
         sam_checkpoint: registry name (``sam_vit_h``...), a file path, or ``tiny``.
         box_threshold, text_threshold: Grounding DINO thresholds (paper: 0.3 / 0.25).
@@ -141,7 +143,7 @@ class OnlinePseudoLabels(LabelSource):
             GPU or kernel would give, so it is not part of the cache fingerprint).
         sam_compile: ``torch.compile`` SAM's encoder blocks (speed only; not fingerprinted).
         write_workers: threads that RLE-encode and write labels in the background
-            (``wsss_pl.labeling.writer``); 0 writes in the labelling thread. Flushed before an
+            (``wsss_pl.labeling.storage.writer``); 0 writes in the labelling thread. Flushed before an
             epoch or the label pass ends and before a checkpoint (``FlushLabelWrites``).
     """
 
@@ -154,7 +156,7 @@ class OnlinePseudoLabels(LabelSource):
         image_resize: ImageResize | None = None,
         clip_boxes: bool | None = None,
         batch_mode: BatchMode = "fixed",
-        detector: str = "grounding-dino-tiny",
+        detector: str | DetectorSpec = "grounding-dino-tiny",
         sam_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h",
         sam_checkpoint: str = "sam_vit_h",
         box_threshold: float = 0.3,
@@ -201,7 +203,12 @@ class OnlinePseudoLabels(LabelSource):
         self.detector_batch_size = detector_batch_size
         self.cpu_threads = cpu_threads
         self.device: torch.device | None = None  # the labelling device (fingerprinted)
-        self.detector_name = detector
+        self.detector_spec: DetectorSpec = (
+            detector
+            if isinstance(detector, DetectorSpec)
+            else GroundingDinoSpec(detector, download=download)
+        )
+        self.detector_name = detector if isinstance(detector, str) else self.detector_spec.name
         self.sam_type = sam_type
         self.sam_checkpoint = sam_checkpoint
         self.box_threshold = box_threshold
@@ -245,23 +252,11 @@ class OnlinePseudoLabels(LabelSource):
         return with_exclusion_phrases(vocabulary, self.exclusion_words)
 
     def _detector_weights(self) -> dict[str, Any]:
-        if self.detector_name == TINY:
-            return {"name": TINY, "seed": 0}
-        from wsss_pl.weights import checkpoint_fingerprint, resolve_hub_model
-
-        directory = Path(resolve_hub_model(self.detector_name, download=self.download))
-        weights = next((directory / f for f in _WEIGHT_FILES if (directory / f).is_file()), None)
-        if weights is None:
-            raise CacheError(f"Grounding DINO directory {directory} has none of {_WEIGHT_FILES}")
-        # Keyed by content, not by name or path: a moved or renamed copy reuses the cache.
-        config_sha256 = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
-        return {
-            "sha256": checkpoint_fingerprint(weights),
-            "config_sha256": config_sha256,
-            "dir": str(directory),
-        }
+        return self.detector_spec.settings()
 
     def _sam_weights(self) -> dict[str, Any]:
+        if self.detector_spec.provides_masks:
+            return {"type": "none: the detector makes the masks"}
         if self.segmenter is not None:
             return self.segmenter.settings()
         if self.sam_checkpoint == TINY:
@@ -372,29 +367,11 @@ class OnlinePseudoLabels(LabelSource):
     # --- labelling on the device ---------------------------------------------------------
     def build_labeler(self) -> PseudoLabeler:
         """Build the frozen models (CPU); called once, on first need."""
-        from wsss_pl.labeling.grounding import GroundingDetector
-        from wsss_pl.labeling.sam import SamSegmenter
-        from wsss_pl.labeling.sam_fast import compile_blocks, use_attention
-        from wsss_pl.labeling.tiny import tiny_detector, tiny_segmenter
+        from wsss_pl.labeling.segmenters.sam import SamSegmenter
+        from wsss_pl.labeling.segmenters.sam_fast import compile_blocks, use_attention
+        from wsss_pl.labeling.tiny import tiny_segmenter
 
-        thresholds = {
-            "box_threshold": self.box_threshold,
-            "text_threshold": self.text_threshold,
-            "pad_to_canvas": self.detector_pad_to_canvas,
-            "caption_style": self.caption_style,
-            "phrase_rule": self.phrase_rule,
-            "image_resize": self.image_resize,
-            "clip_boxes": self.clip_boxes,
-            "batch_mode": self.batch_mode,
-            "batch_size": self.detector_batch_size,
-        }
-        if self.detector_name == TINY:
-            detector = tiny_detector(**thresholds)
-        else:
-            directory = self._detector_weights()["dir"]
-            detector = GroundingDetector.from_pretrained(
-                directory, image_size=self.detector_image_size, **thresholds
-            )
+        detector = self.detector_spec.build(self.detector_options())
         sam_options = {
             "encoder_batch_size": 1
             if self.batch_mode == "per_image"
@@ -402,7 +379,10 @@ class OnlinePseudoLabels(LabelSource):
             "image_resize": self.image_resize,
         }
         fast = {"attention": self.sam_attention, "compile": self.sam_compile}
-        if self.segmenter is not None:
+        segmenter: Any
+        if self.detector_spec.provides_masks:
+            segmenter = None  # the detector's own masks (SAM 3)
+        elif self.segmenter is not None:
             segmenter = self.segmenter.build(**sam_options)
             if type(segmenter) is SamSegmenter:  # the fast path is for segment-anything's ViT
                 use_attention(segmenter.sam.image_encoder, self.sam_attention)
@@ -419,7 +399,8 @@ class OnlinePseudoLabels(LabelSource):
             segmenter = SamSegmenter.from_checkpoint(
                 self.sam_type, self._sam_weights()["path"], **sam_options, **fast
             )
-        segmenter.fixed_batch = self.batch_mode == "fixed"
+        if segmenter is not None:
+            segmenter.fixed_batch = self.batch_mode == "fixed"
         assert self.vocabulary is not None
         return PseudoLabeler(
             detector,
@@ -438,9 +419,22 @@ class OnlinePseudoLabels(LabelSource):
         if self.detector_pad_to_canvas:
             height, width = (0, 1) if height <= width else (1, 0)  # one group per orientation
             return height, width
-        if self.detector_name == TINY:  # tiny_detector's small input (see wsss_pl.labeling.tiny)
-            return detector_input_size(height, width, 256, 427, self.image_resize)
-        return detector_input_size(height, width, self.detector_image_size, 1333, self.image_resize)
+        return self.detector_spec.input_size(height, width, self.detector_options())
+
+    def detector_options(self) -> DetectorOptions:
+        """The labelling rules every detector gets (thresholds, batching, Grounding DINO's rules)."""
+        return DetectorOptions(
+            box_threshold=self.box_threshold,
+            text_threshold=self.text_threshold,
+            image_size=self.detector_image_size,
+            pad_to_canvas=self.detector_pad_to_canvas,
+            caption_style=self.caption_style,
+            phrase_rule=self.phrase_rule,
+            image_resize=self.image_resize,
+            clip_boxes=self.clip_boxes,
+            batch_mode=self.batch_mode,
+            batch_size=self.detector_batch_size,
+        )
 
     def labeler(self, device: torch.device) -> PseudoLabeler:
         if self._labeler is None:

@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.errors import DataError
 from wsss_pl.io import check_output_file, write_bytes
-from wsss_pl.labeling.cache import PseudoLabelCache, decode_rle
+from wsss_pl.labeling.storage.cache import PseudoLabelCache, decode_rle
 
 
 def _image_ids(sample_ids: list[str]) -> dict[str, int]:

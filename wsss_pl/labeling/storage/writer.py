@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from wsss_pl.errors import CacheError
-from wsss_pl.labeling.cache import PseudoLabelCache, encode_rle
+from wsss_pl.labeling.storage.cache import PseudoLabelCache, encode_rle
 
 
 class CacheWriter:
@@ -64,7 +64,7 @@ class CacheWriter:
         Args:
             sample_id: the sample's id.
             label: uint8 [H, W] on the CPU.
-            metadata: the record of ``wsss_pl.labeling.cache`` (copied); when ``masks`` is given
+            metadata: the record of ``wsss_pl.labeling.storage.cache`` (copied); when ``masks`` is given
                 its instances' ``rle`` is filled from them here, in the writer thread.
             masks: bool [N, H, W] on the CPU, one per instance in ``metadata["instances"]``.
         """

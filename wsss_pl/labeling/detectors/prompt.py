@@ -100,6 +100,11 @@ def _class_phrases(vocabulary: ClassVocabulary, class_name: str, style: CaptionS
     return [p.lower() for p in phrases] if style == "paper" else phrases
 
 
+def class_phrases(vocabulary: ClassVocabulary, class_name: str, style: CaptionStyle) -> list[str]:
+    """A class's caption phrases (its name or prompt name, then its assist words), checked."""
+    return _class_phrases(vocabulary, class_name, style)
+
+
 def word_lookup(vocabulary: ClassVocabulary) -> dict[str, int]:
     """Lower-cased class names, prompt names and assist words -> class id (``argmax_word``).
 

@@ -13,7 +13,8 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.sam_fast import SamAttention, compile_blocks, use_attention
+from wsss_pl.labeling.segmenters.base import TINY, ImageResize, SegmenterSpec
+from wsss_pl.labeling.segmenters.sam_fast import SamAttention, compile_blocks, use_attention
 from wsss_pl.weights import load_state_dict, resolve_checkpoint
 
 SamType = Literal["vit_h", "vit_l", "vit_b"]
@@ -38,7 +39,7 @@ class SamSegmenter(nn.Module):
             activations per image in fp32). 1 makes every embedding bit-for-bit that of a batch
             of one (batched matrix products can differ in the last bits).
         image_resize: ``pil`` (as ``SamPredictor.set_image``) or ``tensor`` (see above).
-        attention: image-encoder attention, ``original`` or ``sdpa`` (``wsss_pl.labeling.sam_fast``:
+        attention: image-encoder attention, ``original`` or ``sdpa`` (``wsss_pl.labeling.segmenters.sam_fast``:
             same weights and math, fused kernel).
         compile: ``torch.compile`` the image-encoder blocks (first call per shape compiles).
         fixed_batch: every image-encoder forward runs at exactly ``encoder_batch_size`` images,
@@ -202,3 +203,43 @@ def empty_results(images: list[Tensor], device: torch.device) -> list[tuple[Tens
         )
         for image in images
     ]
+
+
+class SamSpec(SegmenterSpec):
+    """segment-anything SAM (the default).
+
+    Args:
+        model_type: ``vit_h`` (paper), ``vit_l`` or ``vit_b``.
+        checkpoint: registry name (``sam_vit_h``...), a file path, or ``tiny`` (random, tests).
+        download: fetch a registry checkpoint (with its checksum) when missing.
+    """
+
+    def __init__(
+        self,
+        model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h",
+        checkpoint: str = "sam_vit_h",
+        download: bool = True,
+    ) -> None:
+        self.model_type = model_type
+        self.checkpoint = checkpoint
+        self.download = download
+
+    def _path(self) -> Path:
+        from wsss_pl.weights import resolve_checkpoint
+
+        return resolve_checkpoint(self.checkpoint, download=self.download)
+
+    def settings(self) -> dict[str, Any]:
+        if self.checkpoint == TINY:
+            return {"type": TINY, "seed": 0}
+        from wsss_pl.weights import checkpoint_fingerprint
+
+        return {"type": self.model_type, "sha256": checkpoint_fingerprint(self._path())}
+
+    def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
+        options = {"encoder_batch_size": encoder_batch_size, "image_resize": image_resize}
+        if self.checkpoint == TINY:
+            from wsss_pl.labeling.tiny import tiny_segmenter
+
+            return tiny_segmenter(**options)
+        return SamSegmenter.from_checkpoint(self.model_type, self._path(), **options)

@@ -4,7 +4,7 @@ Grounding DINO's text branch is BERT and its phrase masks hard-code the bert-bas
 ``[CLS]``, ``[SEP]``, ``.`` and ``?`` (101, 102, 1012, 1029), so any other vocabulary silently
 breaks phrase grounding. The tokenizer comes from the detector's own directory when it ships one,
 otherwise from the bert-base-uncased vocabulary shipped inside wsss_pl
-(``wsss_pl/labeling/vocab/bert-base-uncased/vocab.txt``, 232 kB, Apache-2.0, see its NOTICE), so
+(``wsss_pl/labeling/detectors/vocab/bert-base-uncased/vocab.txt``, 232 kB, Apache-2.0, see its NOTICE), so
 nothing is downloaded at run time and no model package is installed for a word list.
 """
 
@@ -50,7 +50,7 @@ def _check_tokenizer(tokenizer: PreTrainedTokenizerFast, source: Path) -> None:
             f"{list(GROUNDING_SPECIAL_IDS)} = {ids}); Grounding DINO needs exactly that vocabulary"
         )
     # A tokenizer.json may pin truncation/padding (e.g. at 128); captions are chunked by
-    # wsss_pl.labeling.prompt instead, and padding is asked for per call.
+    # wsss_pl.labeling.detectors.prompt instead, and padding is asked for per call.
     tokenizer.backend_tokenizer.no_truncation()
     tokenizer.backend_tokenizer.no_padding()
 

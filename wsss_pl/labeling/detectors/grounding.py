@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,51 +17,19 @@ from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBas
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode, per_image_bi_attention
-from wsss_pl.labeling.prompt import (
+from wsss_pl.labeling.detectors.base import Detections, concat_detections
+from wsss_pl.labeling.detectors.prompt import (
     Caption,
     assign_boxes_by_argmax_word,
     assign_boxes_to_classes,
     build_captions,
 )
+from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
+from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode, per_image_bi_attention
 from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule, detector_input_size
-from wsss_pl.labeling.tokenizer import bert_tokenizer
 from wsss_pl.weights import resolve_hub_model, unsafe_pickle_error
 
 NEUTRAL_CAPTION = "."  # the caption of the zero images that fill a fixed-size detector batch
-
-
-@dataclass
-class Detections:
-    """The boxes found in one image, in the detector's query order (caption chunk by chunk).
-
-    Attributes:
-        scores: float32 [N], the box's highest token score (sigmoid), as Grounding DINO ranks boxes.
-        labels: long [N], class ids in 1..C, only among the classes prompted for.
-        boxes: float32 [N, 4], xyxy in pixels of the original image (clipped to it only with
-            ``clip_boxes``).
-        phrases: the caption phrase each box was matched to (a class or assist-word phrase).
-        num_unmatched: boxes above the box threshold that matched no class (``argmax_word``: the
-            arg-max token is a separator/special token or its word is no class or assist word;
-            ``best_class_token``: no class token above the text threshold); not in ``boxes``.
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    phrases: list[str] = field(default_factory=list)
-    num_unmatched: int = 0
-
-    @classmethod
-    def empty(cls, device: torch.device | str = "cpu") -> Detections:
-        return cls(
-            boxes=torch.zeros(0, 4, device=device),
-            scores=torch.zeros(0, device=device),
-            labels=torch.zeros(0, dtype=torch.long, device=device),
-        )
-
-    def __len__(self) -> int:
-        return self.labels.numel()
 
 
 class GroundingDetector(nn.Module):
@@ -93,7 +60,7 @@ class GroundingDetector(nn.Module):
     (``image_size x max_size`` or ``max_size x image_size``) and groups by orientation instead;
     images are never padded to each other's sizes (that changes detections for real).
 
-    Box -> class (``phrase_rule``): see ``wsss_pl.labeling.prompt``. Boxes are scaled to pixels
+    Box -> class (``phrase_rule``): see ``wsss_pl.labeling.detectors.prompt``. Boxes are scaled to pixels
     the released way (``cx*W - w*W/2``, then ``+ w*W``) and clipped to the image only with
     ``clip_boxes`` (the released code passed them to SAM unclipped).
     """
@@ -267,7 +234,7 @@ class GroundingDetector(nn.Module):
                         i = todo[r]
                         size = images[i].shape[-2:]
                         parts[i].append(self._select(logits, boxes, caption, size, threshold))
-        return [_concat(p) if p else Detections.empty(self.device) for p in parts]
+        return [concat_detections(p) if p else Detections.empty(self.device) for p in parts]
 
     def _run(
         self, pixel_values: Tensor, pixel_mask: Tensor, captions: list[Caption]
@@ -360,13 +327,3 @@ def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
     if image.dtype == torch.uint8:
         return tvF.resize(image, list(size), tvF.InterpolationMode.BILINEAR, antialias=True)
     return F.interpolate(image[None].float(), size, mode="bilinear", antialias=True)[0]
-
-
-def _concat(parts: list[Detections]) -> Detections:
-    return Detections(
-        boxes=torch.cat([p.boxes for p in parts]),
-        scores=torch.cat([p.scores for p in parts]),
-        labels=torch.cat([p.labels for p in parts]),
-        phrases=[phrase for p in parts for phrase in p.phrases],
-        num_unmatched=sum(p.num_unmatched for p in parts),
-    )

@@ -1,0 +1,168 @@
+"""The detector interface (``detector:`` class_path in config): ``DetectorSpec``, ``Detections``.
+
+A ``DetectorSpec`` is the config side (plain settings for the LightningCLI schema, ``settings()``
+for the cache fingerprint, ``build()`` for the frozen module), as ``SegmenterSpec`` is for the
+box -> mask models. Every built detector is called as
+
+    detector(images, present, vocabulary, box_threshold=None) -> list[Detections]
+
+with B uint8 [3, H_i, W_i] RGB images and B lists of the image's class names (image-level
+labels), and returns per image ``Detections``: boxes float32 [N, 4] xyxy in original-image
+pixels, scores float32 [N], class ids long [N] (1..C, only among the prompted classes), the
+phrase each box answered, and ``num_unmatched`` (boxes above the box threshold that matched no
+prompted class; counted, never used). An image without classes gets empty detections without a
+forward. Detectors that also give masks (SAM 3, ``provides_masks``) fill ``Detections.masks``
+and replace the segmenter.
+
+The rules shared by every detector: only the image's own classes are prompted (the image-level
+class filter), ``box_threshold`` on the box score, and the batching rules of
+``wsss_pl.labeling.invariance`` (``fixed``: every forward at exactly ``batch_size`` rows of one
+shape, short batches filled with zero images and a neutral prompt whose outputs are dropped;
+``per_image``: one image per forward; ``free``: batches as they come).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from wsss_pl.classes import ClassVocabulary
+from wsss_pl.errors import WeightsError
+from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode
+from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule
+
+TINY = "tiny"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """The labelling rules ``OnlinePseudoLabels`` passes to every detector it builds.
+
+    Grounding-DINO-only rules (``caption_style``, ``phrase_rule``, ``image_resize``,
+    ``image_size``, ``pad_to_canvas``) are ignored by detectors with their own processor.
+    """
+
+    box_threshold: float = 0.3
+    text_threshold: float = 0.25
+    image_size: int = 800
+    pad_to_canvas: bool = False
+    caption_style: CaptionStyle = "paper"
+    phrase_rule: PhraseRule = "argmax_word"
+    image_resize: ImageResize = "pil"
+    clip_boxes: bool = False
+    batch_mode: BatchMode = "fixed"
+    batch_size: int = 4
+
+
+class DetectorSpec(ABC):
+    """Config of an open-vocabulary detector (see the module docstring for the call contract)."""
+
+    provides_masks: ClassVar[bool] = False  # True: Detections carry masks, no segmenter runs
+    family: ClassVar[str] = "detector"
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """What changes the boxes (weights hash, model family): part of the cache fingerprint."""
+
+    @abstractmethod
+    def build(self, options: DetectorOptions) -> nn.Module:
+        """The frozen detector module, on the CPU."""
+
+    @abstractmethod
+    def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
+        """(h, w) of the model input for an image of this size (the label pass groups by it)."""
+
+    @property
+    def name(self) -> str:
+        """Short name for logs and tables."""
+        return f"{self.family}:{getattr(self, 'model', '?')}"
+
+
+def model_directory_settings(name: str, download: bool) -> tuple[dict[str, Any], str]:
+    """Fingerprint entries (weights and config sha256) and the local directory of a hub model."""
+    from wsss_pl.weights import checkpoint_fingerprint, resolve_hub_model
+
+    directory = Path(resolve_hub_model(name, download=download))
+    weights = next((directory / f for f in _WEIGHT_FILES if (directory / f).is_file()), None)
+    if weights is None:
+        raise WeightsError(f"model directory {directory} has none of {_WEIGHT_FILES}")
+    # Keyed by content, not by name or path: a moved or renamed copy reuses the cache.
+    config_sha256 = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    return {"sha256": checkpoint_fingerprint(weights), "config_sha256": config_sha256}, str(
+        directory
+    )
+
+
+def check_batching(batch_mode: str, batch_size: int) -> None:
+    if batch_mode not in BATCH_MODES:
+        raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"detector batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+@dataclass
+class Detections:
+    """The boxes found in one image, in the detector's query order (caption chunk by chunk).
+
+    Attributes:
+        scores: float32 [N], the box's highest token score (sigmoid), as Grounding DINO ranks boxes.
+        labels: long [N], class ids in 1..C, only among the classes prompted for.
+        boxes: float32 [N, 4], xyxy in pixels of the original image (clipped to it only with
+            ``clip_boxes``).
+        phrases: the caption phrase each box was matched to (a class or assist-word phrase).
+        num_unmatched: boxes above the box threshold that matched no class (``argmax_word``: the
+            arg-max token is a separator/special token or its word is no class or assist word;
+            ``best_class_token``: no class token above the text threshold); not in ``boxes``.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    phrases: list[str] = field(default_factory=list)
+    num_unmatched: int = 0
+    masks: Tensor | None = None  # bool [N, H, W] from a detector that segments (SAM 3)
+
+    @classmethod
+    def empty(cls, device: torch.device | str = "cpu") -> Detections:
+        return cls(
+            boxes=torch.zeros(0, 4, device=device),
+            scores=torch.zeros(0, device=device),
+            labels=torch.zeros(0, dtype=torch.long, device=device),
+        )
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+
+def concat_detections(parts: list[Detections]) -> Detections:
+    """One image's detections of several rounds (caption chunks, query rounds), in order."""
+    return Detections(
+        boxes=torch.cat([p.boxes for p in parts]),
+        scores=torch.cat([p.scores for p in parts]),
+        labels=torch.cat([p.labels for p in parts]),
+        phrases=[phrase for p in parts for phrase in p.phrases],
+        num_unmatched=sum(p.num_unmatched for p in parts),
+        masks=None if any(p.masks is None for p in parts) else torch.cat([p.masks for p in parts]),
+    )
+
+
+def class_queries(
+    vocabulary: ClassVocabulary, names: list[str], template: str
+) -> list[tuple[str, str, int]]:
+    """(query text, phrase, class id) for every phrase of the image's classes, in class order:
+    the class's prompt name, then its assist words (and exclusion phrases)."""
+    from wsss_pl.labeling.detectors.prompt import class_phrases
+
+    queries = []
+    for name in names:
+        label_id = vocabulary.label_id(name)
+        for phrase in class_phrases(vocabulary, name, "prompt_names"):
+            queries.append((template.format(phrase), phrase, label_id))
+    return queries

@@ -1,0 +1,188 @@
+"""OmDet-Turbo (real-time open-vocabulary detection) through transformers: class phrases + a task."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wsss_pl.classes import ClassVocabulary
+from wsss_pl.errors import WeightsError
+from wsss_pl.labeling.detectors.base import (
+    TINY,
+    Detections,
+    DetectorOptions,
+    DetectorSpec,
+    check_batching,
+    class_queries,
+    model_directory_settings,
+)
+from wsss_pl.labeling.invariance import BatchMode
+
+NEUTRAL_CLASS = "object"  # the class list of the zero images that fill a fixed batch
+
+
+class OmDetTurboDetector(nn.Module):
+    """Frozen OmDet-Turbo (transformers ``OmDetTurboForObjectDetection``) prompted with each
+    image's class phrases (prompt names + assist words, one class each) and the processor's
+    default task ``"Detect a, b, c."``.
+
+    Boxes, scores and classes come from ``OmDetTurboProcessor.post_process_grounded_object_detection``
+    itself (score threshold ``box_threshold``, class-wise NMS at ``nms_threshold``, boxes clipped
+    to the image), run on each image's slice of the batch; ``num_unmatched`` is always 0.
+
+    Batching: the model pads the class axis to the batch's longest class list, so in ``fixed``
+    mode images are grouped by their number of phrases as well and every forward runs exactly
+    ``batch_size`` images (zero images with the class list ``["object"]`` fill short batches).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        box_threshold: float = 0.3,
+        nms_threshold: float = 0.5,
+        batch_mode: BatchMode = "fixed",
+        batch_size: int = 4,
+    ) -> None:
+        super().__init__()
+        check_batching(batch_mode, batch_size)
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.box_threshold = box_threshold
+        self.nms_threshold = nms_threshold
+        self.batch_mode: BatchMode = batch_mode
+        self.batch_size = batch_size
+
+    def train(self, mode: bool = True) -> OmDetTurboDetector:
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def set_threshold(self, box_threshold: float, text_threshold: float | None = None) -> None:
+        self.box_threshold = box_threshold
+
+    @torch.no_grad()
+    def forward(
+        self,
+        images: list[Tensor],
+        present: list[list[str]],
+        vocabulary: ClassVocabulary,
+        box_threshold: float | None = None,
+    ) -> list[Detections]:
+        """See the module docstring of ``wsss_pl.labeling.detectors``."""
+        if len(images) != len(present):
+            raise ValueError(f"{len(images)} images but {len(present)} class lists")
+        threshold = self.box_threshold if box_threshold is None else box_threshold
+        queries = [class_queries(vocabulary, names, "{}") for names in present]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, q in enumerate(queries):
+            if q:
+                key = (len(q), i) if self.batch_mode == "per_image" else (len(q),)
+                groups.setdefault(key if self.batch_mode != "free" else (0,), []).append(i)
+        results = [Detections.empty(self.device) for _ in images]
+        for group in groups.values():
+            step = self.batch_size if self.batch_mode == "fixed" else len(group)
+            for start in range(0, len(group), step):
+                todo = group[start : start + step]
+                for i, found in zip(todo, self._run(images, queries, todo, threshold), strict=True):
+                    results[i] = found
+        return results
+
+    def _run(
+        self,
+        images: list[Tensor],
+        queries: list[list[tuple[str, str, int]]],
+        todo: list[int],
+        threshold: float,
+    ) -> list[Detections]:
+        pixels = [images[i].to(self.device) for i in todo]
+        texts = [[phrase for _, phrase, _ in queries[i]] for i in todo]
+        fill = self.batch_size - len(todo) if self.batch_mode == "fixed" else 0
+        if fill:
+            pixels += [pixels[0].new_zeros(pixels[0].shape)] * fill
+            texts += [[NEUTRAL_CLASS]] * fill
+        inputs = self.processor(images=pixels, text=texts, return_tensors="pt")
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(next(self.model.parameters()).dtype)
+        outputs = self.model(**inputs)
+        found = []
+        for k, i in enumerate(todo):
+            row = type(outputs)(
+                decoder_coord_logits=outputs.decoder_coord_logits[k : k + 1].float(),
+                decoder_class_logits=outputs.decoder_class_logits[k : k + 1].float(),
+                classes_structure=outputs.classes_structure[k : k + 1],
+            )
+            size = (int(images[i].shape[-2]), int(images[i].shape[-1]))
+            (result,) = self.processor.post_process_grounded_object_detection(
+                row, threshold=threshold, nms_threshold=self.nms_threshold, target_sizes=[size]
+            )
+            which = result["labels"].tolist()
+            found.append(
+                Detections(
+                    boxes=result["boxes"].float(),
+                    scores=result["scores"].float(),
+                    labels=torch.tensor(
+                        [queries[i][j][2] for j in which], dtype=torch.long, device=self.device
+                    ),
+                    phrases=[queries[i][j][1] for j in which],
+                )
+            )
+        return found
+
+
+class OmDetTurboSpec(DetectorSpec):
+    """OmDet-Turbo (Zhao et al. 2024, real-time open-vocabulary detection) through transformers.
+
+    Args:
+        model: ``omdet-turbo`` (``omlab/omdet-turbo-swin-tiny-hf``), a hub id, a local directory,
+            or ``tiny`` (random tiny model, tests).
+        nms_threshold: class-wise NMS IoU of the processor's post-processing (its default 0.5).
+        download: fetch a missing hub model.
+    """
+
+    family = "omdet_turbo"
+
+    def __init__(
+        self, model: str = "omdet-turbo", nms_threshold: float = 0.5, download: bool = True
+    ) -> None:
+        self.model = model
+        self.nms_threshold = nms_threshold
+        self.download = download
+
+    def settings(self) -> dict[str, Any]:
+        rules = {"nms_threshold": self.nms_threshold}
+        if self.model == TINY:
+            return {"name": "omdet_turbo_tiny", "seed": 0, **rules}
+        weights = model_directory_settings(self.model, self.download)[0]
+        return {"family": self.family, **weights, **rules}
+
+    def build(self, options: DetectorOptions) -> nn.Module:
+        kwargs = {
+            "box_threshold": options.box_threshold,
+            "nms_threshold": self.nms_threshold,
+            "batch_mode": options.batch_mode,
+            "batch_size": options.batch_size,
+        }
+        if self.model == TINY:
+            from wsss_pl.labeling.tiny import tiny_omdet_turbo, tiny_omdet_turbo_processor
+
+            return OmDetTurboDetector(tiny_omdet_turbo(), tiny_omdet_turbo_processor(), **kwargs)
+        from transformers import OmDetTurboForObjectDetection, OmDetTurboProcessor
+
+        directory = model_directory_settings(self.model, self.download)[1]
+        try:
+            model = OmDetTurboForObjectDetection.from_pretrained(directory)
+            processor = OmDetTurboProcessor.from_pretrained(directory)
+        except (OSError, pickle.UnpicklingError) as error:
+            raise WeightsError(f"cannot load OmDet-Turbo from {directory!r}: {error}") from error
+        return OmDetTurboDetector(model, processor, **kwargs)
+
+    def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
+        return (1, 1)  # every image is resized to the processor's fixed size

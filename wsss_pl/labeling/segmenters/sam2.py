@@ -1,0 +1,242 @@
+"""SAM 2.1 (transformers ``Sam2Model``) and SAM 3's box-promptable tracker (``Sam3TrackerModel``)
+as box -> mask segmenters, both run by ``Sam2Segmenter``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from wsss_pl.errors import WeightsError
+from wsss_pl.labeling.segmenters.base import TINY, ImageResize, SegmenterSpec
+from wsss_pl.labeling.segmenters.sam import empty_results, fill_batch
+
+SAM2_IMAGE_SIZE = 1024
+
+
+class Sam2Segmenter(nn.Module):
+    """Frozen transformers ``Sam2Model`` turning xyxy pixel boxes into one mask each.
+
+    The image processor (``Sam2Processor``'s: resize to 1024x1024, normalise) runs on the
+    segmenter's device; the image encoder on ``encoder_batch_size`` images at a time; then one
+    prompt-encoder + mask-decoder call per image with all of its boxes (``multimask_output=False``)
+    and the processor's ``post_process_masks`` (upsample to the image, threshold).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        encoder_batch_size: int = 4,
+        image_size: int = SAM2_IMAGE_SIZE,
+    ) -> None:
+        super().__init__()
+        if encoder_batch_size < 1:
+            raise ValueError(f"encoder_batch_size must be >= 1, got {encoder_batch_size}")
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.encoder_batch_size = encoder_batch_size
+        self.image_size = image_size  # the square input boxes are scaled to (SAM 3 tracker: 1008)
+        self.fixed_batch = False  # as SamSegmenter.fixed_batch: pad every encoder batch
+
+    def train(self, mode: bool = True) -> Sam2Segmenter:
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def forward(self, images: list[Tensor], boxes: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Same contract as ``SamSegmenter.forward``."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box tensors")
+        results = empty_results(images, self.device)
+        todo = [i for i, b in enumerate(boxes) if b.numel() > 0]
+        dtype = next(self.model.parameters()).dtype
+        for start in range(0, len(todo), self.encoder_batch_size):
+            batch = todo[start : start + self.encoder_batch_size]
+            pixels = self.processor.image_processor(
+                images=[images[i].to(self.device) for i in batch], return_tensors="pt"
+            )["pixel_values"].to(self.device, dtype)
+            pixels = fill_batch(pixels, self.encoder_batch_size, self.fixed_batch)
+            embeddings = self.model.get_image_embeddings(pixels)
+            for k, i in enumerate(batch):
+                results[i] = self._decode([e[k : k + 1] for e in embeddings], boxes[i], images[i])
+        return results
+
+    def _decode(
+        self, embeddings: list[Tensor], boxes: Tensor, image: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        scale = torch.tensor(
+            [self.image_size / width, self.image_size / height] * 2, device=self.device
+        )
+        prompt = (boxes.to(self.device, torch.float32) * scale)[None]  # [1, N, 4] at S x S
+        out = self.model(image_embeddings=embeddings, input_boxes=prompt, multimask_output=False)
+        masks = self.processor.post_process_masks(out.pred_masks, [[height, width]])[0][:, 0]
+        return masks.to(self.device, torch.bool), out.iou_scores[0, :, 0].float()
+
+
+def tiny_sam2(seed: int = 0) -> nn.Module:
+    """A random ~0.3 M-parameter SAM 2 (4-stage Hiera of width 16, 1-layer decoder of width 32)."""
+    from transformers import Sam2Config, Sam2Model
+    from transformers.models.sam2.configuration_sam2 import (
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    hiera = Sam2HieraDetConfig(
+        hidden_size=16, num_attention_heads=1, blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 1, 1],
+        window_size_per_stage=[8, 4, 14, 7], global_attention_blocks=[3],
+    )  # fmt: skip
+    config = Sam2Config(
+        vision_config=Sam2VisionConfig(
+            backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32
+        ),
+        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, mask_input_channels=4),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
+            iou_head_hidden_dim=32,
+        ),
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Sam2Model(config).eval()
+
+
+def sam2_processor(directory: str | None = None) -> Any:
+    """The model directory's ``Sam2Processor``, or the default one (1024 px, ImageNet stats)."""
+    from transformers import Sam2ImageProcessor, Sam2Processor
+
+    if directory is not None and (Path(directory) / "preprocessor_config.json").is_file():
+        return Sam2Processor.from_pretrained(directory)
+    return Sam2Processor(image_processor=Sam2ImageProcessor())
+
+
+class Sam2Spec(SegmenterSpec):
+    """SAM 2.1 image predictor from transformers (``Sam2Model``).
+
+    Args:
+        model: a hub id (``facebook/sam2.1-hiera-large``, ``...-base-plus``, ``-small``,
+            ``-tiny``), a local directory with ``config.json`` and weights, or ``tiny``.
+        download: fetch a hub model when missing (offline: a WeightsError saying what to get).
+    """
+
+    def __init__(self, model: str = "facebook/sam2.1-hiera-large", download: bool = True) -> None:
+        self.model = model
+        self.download = download
+
+    def _directory(self) -> str:
+        from wsss_pl.weights import resolve_hub_model
+
+        return resolve_hub_model(self.model, download=self.download)
+
+    def settings(self) -> dict[str, Any]:
+        if self.model == TINY:
+            return {"type": "sam2_tiny", "seed": 0}
+        import hashlib
+
+        from wsss_pl.weights import checkpoint_fingerprint
+
+        directory = Path(self._directory())
+        weights = next(
+            (
+                directory / f
+                for f in ("model.safetensors", "pytorch_model.bin")
+                if (directory / f).is_file()
+            ),
+            None,
+        )
+        if weights is None:
+            raise WeightsError(f"SAM 2 directory {directory} has no model.safetensors")
+        config = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+        return {"type": "sam2", "sha256": checkpoint_fingerprint(weights), "config_sha256": config}
+
+    def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
+        """``image_resize`` is not used: SAM 2 always uses its processor's resize."""
+        if self.model == TINY:
+            return Sam2Segmenter(tiny_sam2(), sam2_processor(), encoder_batch_size)
+        from transformers import Sam2Model
+
+        directory = self._directory()
+        return Sam2Segmenter(
+            Sam2Model.from_pretrained(directory), sam2_processor(directory), encoder_batch_size
+        )
+
+
+# --- SAM 3 tracker (transformers): SAM 3's box-promptable branch --------------------------------
+class Sam3TrackerSpec(SegmenterSpec):
+    """SAM 3's promptable visual segmentation branch (transformers ``Sam3TrackerModel``, the
+    SAM 2-style prompt encoder + mask decoder on SAM 3's image encoder): refines another
+    detector's boxes into masks exactly as ``Sam2Spec`` does (``Sam2Segmenter``, the processor's
+    1008 px square).
+
+    Args:
+        model: a local ``facebook/sam3`` directory, ``sam3`` (the HF cache copy; gated: see
+            ``wsss_pl.labeling.detectors.sam3.Sam3Spec``), or ``tiny`` (random tiny model, tests).
+        download: with ``sam3``, try the hub when the cache lacks it.
+    """
+
+    def __init__(self, model: str = "sam3", download: bool = False) -> None:
+        self.model = model
+        self.download = download
+
+    def _directory(self) -> str:
+        from wsss_pl.labeling.detectors.sam3 import Sam3Spec
+
+        return str(Sam3Spec(self.model, download=self.download)._directory())
+
+    def settings(self) -> dict[str, Any]:
+        if self.model == TINY:
+            return {"type": "sam3_tracker_tiny", "seed": 0}
+        import hashlib
+
+        from wsss_pl.weights import checkpoint_fingerprint
+
+        directory = Path(self._directory())
+        weights = directory / "model.safetensors"
+        if not weights.is_file():
+            raise WeightsError(f"SAM 3 directory {directory} has no model.safetensors")
+        config = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+        return {
+            "type": "sam3_tracker",
+            "sha256": checkpoint_fingerprint(weights),
+            "config_sha256": config,
+        }
+
+    def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
+        """``image_resize`` is not used: the processor's resize."""
+        if self.model == TINY:
+            from wsss_pl.labeling.tiny import (
+                TINY_SAM3_IMAGE_SIZE,
+                tiny_sam3_tracker,
+                tiny_sam3_tracker_processor,
+            )
+
+            return Sam2Segmenter(
+                tiny_sam3_tracker(),
+                tiny_sam3_tracker_processor(),
+                encoder_batch_size,
+                image_size=TINY_SAM3_IMAGE_SIZE,
+            )
+        from transformers import Sam3TrackerModel, Sam3TrackerProcessor
+
+        directory = self._directory()
+        try:
+            model = Sam3TrackerModel.from_pretrained(directory)
+            processor = Sam3TrackerProcessor.from_pretrained(directory)
+        except OSError as error:
+            raise WeightsError(
+                f"cannot load the SAM 3 tracker from {directory!r}: {error}"
+            ) from error
+        return Sam2Segmenter(model, processor, encoder_batch_size, image_size=processor.target_size)
