@@ -139,3 +139,10 @@ def test_shipped_compare_config_parses() -> None:
     assert type(labellers["sam3"].detector_spec).__name__ == "Sam3Spec"
     assert labellers["sam3"].detector_spec.provides_masks
     assert type(labellers["owlv2"].detector_spec).__name__ == "OwlV2Spec"
+
+
+def test_abbreviated_option_is_refused(capsys) -> None:
+    """`--confi` must not be taken as `--config` (argparse prefix matching)."""
+    code = cli_main(["compare-labels", "--confi", str(ROOT / "configs/compare_voc.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unrecognized arguments: --confi" in err and "Traceback" not in err

@@ -76,7 +76,9 @@ def build_parser() -> Any:
 
     from wsss_pl.data.base import DatasetSource
 
-    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], exit_on_error=False)
+    parser = ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0], exit_on_error=False, allow_abbrev=False
+    )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="YAML config (see configs/compare_voc.yaml)"
     )
