@@ -91,7 +91,11 @@ def test_review_queue_ranks_each_defect_above_the_clean_label(
 ) -> None:
     config, _, ids = queue_setup
     out = tmp_path / "queue"
-    assert main(["review-queue", "--config", str(config), "--out", str(out), "--top", "2"]) == 0
+    weights = ["--weights", "unmatched_boxes=0.5"]  # 0 in the defaults (no gain in the simulation)
+    assert (
+        main(["review-queue", "--config", str(config), "--out", str(out), "--top", "2", *weights])
+        == 0
+    )
     lines = (out / "queue.csv").read_text().splitlines()
     assert lines[0].startswith("rank,id,score,reason,missing_class")
     rows = [line.split(",") for line in lines[1:]]
@@ -108,7 +112,8 @@ def test_review_queue_ranks_each_defect_above_the_clean_label(
     composites = sorted(p.name for p in (out / "composites").iterdir())
     assert composites == [f"rank0001_{ranked[0]}.png", f"rank0002_{ranked[1]}.png"]
     printed = capsys.readouterr().out
-    assert f"   1  {rows[0][2][:5]}  {ranked[0]}" in printed
+    first_line = next(line for line in printed.splitlines() if line.startswith("   1  "))
+    assert first_line.split()[1:3] == [f"{float(rows[0][2]):.3f}", ranked[0]]
     # A second run does not replace the queue without --overwrite.
     assert main(["review-queue", "--config", str(config), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
