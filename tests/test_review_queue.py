@@ -7,81 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from review_fixtures import instance, review_setup
 
 from wsss_pl.classes import VOC, voc_palette
 from wsss_pl.cli import main
-from wsss_pl.data.synthetic import SyntheticVOC
-from wsss_pl.labeling.storage.cache import PseudoLabelCache, encode_rle
+from wsss_pl.labeling.storage.cache import PseudoLabelCache
 from wsss_pl.review_queue import image_signals, recall_of_worst
-
-SIZE = (40, 56)
-
-
-def _instance(mask: torch.Tensor, class_id: int, score: float = 0.9) -> dict:
-    rows, cols = torch.nonzero(mask, as_tuple=True)
-    box = [float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1)]
-    name = VOC.class_names[class_id - 1]
-    return {"label": class_id, "class": name, "phrase": name, "score": score, "box": box,
-            "rle": encode_rle(mask)}  # fmt: skip
-
-
-def _entry(gt: torch.Tensor, sample_id: str) -> tuple[torch.Tensor, dict]:
-    """A perfect label of ``gt``: one instance per class, tight boxes, score 0.9."""
-    label = gt.clone()
-    label[label == 255] = 0
-    instances = [_instance(label == c, int(c)) for c in torch.unique(label).tolist() if c != 0]
-    metadata = {"id": sample_id, "height": gt.shape[0], "width": gt.shape[1],
-                "instances": instances, "missing_classes": [], "num_unmatched_boxes": 0}  # fmt: skip
-    return label, metadata
 
 
 @pytest.fixture()
 def queue_setup(tmp_path: Path) -> tuple[Path, PseudoLabelCache, list[str]]:
-    """A synthetic VOC set, its config, and a cache where ids 1..3 each have one defect."""
-    source = SyntheticVOC(str(tmp_path / "data"), num_train=4, num_val=1, image_size=SIZE)
-    source.prepare_data()
-    dataset = source.dataset("train")
-    cache = PseudoLabelCache(
-        tmp_path / "labels", source.name, {"classes": list(VOC.class_names)}, voc_palette()
-    )
-    cache.open()
-    ids = dataset.ids
-    for index, sample_id in enumerate(ids):
-        label, metadata = _entry(dataset.load_gt(sample_id), sample_id)
-        if index == 1:  # its first class got no box
-            dropped = metadata["instances"].pop(0)
-            label[label == dropped["label"]] = 0
-            metadata["missing_classes"] = [dropped["class"]]
-            if not metadata["instances"]:  # keep one detected class
-                other = 1 if dropped["label"] != 1 else 2
-                metadata["instances"].append(_instance(label == 0, other))
-                label[:] = other
-        elif index == 2:  # a second class claims the whole image
-            everything = torch.ones(SIZE, dtype=torch.bool)
-            metadata["instances"].append(_instance(everything, 20, score=0.35))
-        elif index == 3:  # the detector fired on six phrases that are no class
-            metadata["num_unmatched_boxes"] = 6
-        cache.store(sample_id, label, metadata)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data": {
-                    "source": {
-                        "class_path": "wsss_pl.data.synthetic.SyntheticVOC",
-                        "init_args": {"root": str(tmp_path / "data"), "num_train": 4,
-                                      "num_val": 1, "image_size": list(SIZE)},
-                    },
-                    "train_labels": {
-                        "class_path": "wsss_pl.labeling.online.OnlinePseudoLabels",
-                        "init_args": {"cache_root": str(tmp_path / "labels")},
-                    },
-                }
-            }
-        )
-    )  # fmt: skip
-    return config, cache, ids
+    return review_setup(tmp_path)
 
 
 def test_review_queue_ranks_each_defect_above_the_clean_label(
@@ -151,11 +87,11 @@ def test_signals_values_follow_the_metadata() -> None:
     mask_a[0:5, 0:10] = True
     mask_b = torch.zeros(10, 10, dtype=torch.bool)
     mask_b[3:10, 0:10] = True  # rows 3-4 claimed by both classes
-    inst_b = _instance(mask_b, 12, score=0.5)
+    inst_b = instance(mask_b, 12, score=0.5)
     inst_b["box"] = [0.0, 3.0, 10.0, 6.5]  # the mask leaks out of its box: box IoU 3.5/7
     label = (mask_a.to(torch.uint8) * 8).numpy()
     label[5:] = 12
-    metadata = {"instances": [_instance(mask_a, 8, score=0.9), inst_b],
+    metadata = {"instances": [instance(mask_a, 8, score=0.9), inst_b],
                 "missing_classes": ["bird", "cow"], "num_unmatched_boxes": 2}  # fmt: skip
     values, why = image_signals(metadata, label, VOC.class_names)
     assert values["missing_class"] == pytest.approx(2 / 4)  # cat, dog detected; bird, cow not

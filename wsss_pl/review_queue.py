@@ -106,7 +106,7 @@ def image_signals(
 
     Args:
         metadata: the entry's metadata JSON (``instances`` with label / class / score / box /
-            rle, ``missing_classes``, ``num_unmatched_boxes``).
+            rle, ``missing_classes``, ``num_unmatched_boxes``, the image-level ``classes``).
         label: uint8 [H, W] cached label map (0 background, 1..C, 255 ignore).
         class_names: names of label ids 1..C (``class_names[i - 1]``).
         second_label: uint8 [H, W] another labeller's map of the same image, or None.
@@ -124,7 +124,7 @@ def image_signals(
     if masks is None:
         masks = [decode_rle(inst["rle"]).numpy() for inst in instances]
     detected = sorted({str(inst["class"]) for inst in instances})
-    prompted = len(set(detected) | set(missing))
+    prompted = len(set(metadata.get("classes") or ()) | set(detected) | set(missing))
     values: dict[str, float] = {}
     why: dict[str, str] = {}
 

@@ -21,6 +21,7 @@ import torch
 
 from wsss_pl.errors import DataError
 from wsss_pl.io import read_json, read_label, write_bytes, write_json, write_label
+from wsss_pl.labeling.storage.cache import decode_id, encode_id
 
 CORRECTIONS_DIR = "corrections"
 LOG_NAME = "imports.jsonl"
@@ -41,8 +42,6 @@ class CorrectionsLayer:
         self.palette = list(palette) if palette is not None else voc_palette()
 
     def _stem(self, sample_id: str) -> str:
-        from wsss_pl.labeling.storage.cache import encode_id
-
         return encode_id(sample_id)
 
     def path(self, sample_id: str) -> Path:
@@ -64,8 +63,6 @@ class CorrectionsLayer:
         return read_json(path) if path.is_file() else None
 
     def ids(self) -> list[str]:
-        from wsss_pl.labeling.storage.cache import decode_id
-
         if not self.directory.is_dir():
             return []
         return sorted(decode_id(p.stem) for p in self.directory.glob("*.png"))
