@@ -49,11 +49,16 @@ def test_round_trip_through_a_real_label_studio(label_studio: LabelStudio, tmp_p
     )
     pid = project["id"]
     label_studio.call("POST", f"/api/projects/{pid}/import", json.loads(tasks_file.read_text()))
-    stored = label_studio.call(
+    listed = label_studio.call(
         "GET", f"/api/projects/{pid}/export?exportType=JSON&download_all_tasks=true"
     )
-    assert len(stored) == len(ids)
+    stored = [label_studio.call("GET", f"/api/tasks/{t['id']}") for t in listed]
+    assert sorted(t["data"]["wsss_pl_id"] for t in stored) == sorted(ids)
     # The server kept the pre-annotations as we wrote them.
+    sent = {t["data"]["wsss_pl_id"]: t for t in json.loads(tasks_file.read_text())}
+    for kept in stored:
+        ours = sent[kept["data"]["wsss_pl_id"]]["predictions"][0]["result"]
+        assert [r["value"] for r in kept["predictions"][0]["result"]] == [r["value"] for r in ours]
     task = next(t for t in stored if len(t["predictions"][0]["result"]) >= 2)
     sample_id = task["data"]["wsss_pl_id"]
     cached = cache.load(sample_id)
