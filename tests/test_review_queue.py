@@ -53,7 +53,10 @@ def test_review_queue_ranks_each_defect_above_the_clean_label(
     # A second run does not replace the queue without --overwrite.
     assert main(["review-queue", "--config", str(config), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    stale = out / "composites" / "rank0009_old.png"
+    stale.write_bytes(b"")
     assert main(["review-queue", "--config", str(config), "--out", str(out), "--overwrite"]) == 0
+    assert not stale.exists() and len(list((out / "composites").iterdir())) == 4
 
 
 def test_second_labeller_disagreement_moves_an_image_up(

@@ -430,6 +430,8 @@ def _run(args: argparse.Namespace) -> int:
     images = Path(args.images) if args.images else None
     rows = _rows_for_composites(entries[: args.top], cache, dataset, images)
     composites = out / "composites"
+    for stale in composites.glob("rank*.png"):  # an earlier queue's (only with --overwrite)
+        stale.unlink()
     if rows:
         composites.mkdir(exist_ok=True)
     ranks = {e.id: i for i, e in enumerate(entries, start=1)}
