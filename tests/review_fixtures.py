@@ -9,6 +9,7 @@ import yaml
 
 from wsss_pl.classes import VOC, voc_palette
 from wsss_pl.data.synthetic import SyntheticVOC
+from wsss_pl.labeling.online import OnlinePseudoLabels
 from wsss_pl.labeling.storage.cache import PseudoLabelCache, encode_rle
 
 SIZE = (40, 56)
@@ -112,3 +113,18 @@ def reviewer_edit(task: dict, cached: torch.Tensor) -> tuple[list[dict], torch.T
                                                 "brushlabels": ["dog"]})  # fmt: skip
     result.append(added)
     return result, torch.from_numpy(expected)
+
+
+def training_target(config: Path, cache: PseudoLabelCache, sample_id: str) -> torch.Tensor:
+    """What ``fit`` trains ``sample_id`` on: OnlinePseudoLabels' worker-side loader."""
+    import yaml
+
+    init = yaml.safe_load(config.read_text())["data"]["source"]["init_args"]
+    source = SyntheticVOC(**init)
+    dataset = source.dataset("train")
+    labels = OnlinePseudoLabels(cache_root=str(cache.root), detector="tiny", sam_checkpoint="tiny")
+    labels.cache, labels.vocabulary = cache, VOC  # the cache the test made (its own settings)
+    sample = dataset[dataset.ids.index(sample_id)]
+    target = labels.loader()(sample)
+    assert target is not None
+    return target

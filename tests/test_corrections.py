@@ -9,34 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from review_fixtures import review_setup, reviewer_edit
+from review_fixtures import review_setup, reviewer_edit, training_target
 
 from wsss_pl.classes import VOC
 from wsss_pl.cli import main
 from wsss_pl.corrections import brush
-from wsss_pl.data.synthetic import SyntheticVOC
-from wsss_pl.labeling.online import OnlinePseudoLabels
 from wsss_pl.labeling.storage.cache import PseudoLabelCache
 
 
 @pytest.fixture()
 def setup(tmp_path: Path) -> tuple[Path, PseudoLabelCache, list[str]]:
     return review_setup(tmp_path)
-
-
-def training_target(config: Path, cache: PseudoLabelCache, sample_id: str) -> torch.Tensor:
-    """What ``fit`` trains ``sample_id`` on: OnlinePseudoLabels' worker-side loader."""
-    import yaml
-
-    init = yaml.safe_load(config.read_text())["data"]["source"]["init_args"]
-    source = SyntheticVOC(**init)
-    dataset = source.dataset("train")
-    labels = OnlinePseudoLabels(cache_root=str(cache.root), detector="tiny", sam_checkpoint="tiny")
-    labels.cache, labels.vocabulary = cache, VOC  # the cache the test made (its own settings)
-    sample = dataset[dataset.ids.index(sample_id)]
-    target = labels.loader()(sample)
-    assert target is not None
-    return target
 
 
 def export_tasks(cache: PseudoLabelCache, out: Path, ids: list[str]) -> list[dict]:

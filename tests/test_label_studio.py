@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 from label_studio_server import LabelStudio, executable
-from review_fixtures import review_setup, reviewer_edit
-from test_corrections import training_target
+from review_fixtures import review_setup, reviewer_edit, training_target
 
 from wsss_pl.cli import main
 from wsss_pl.corrections import brush
