@@ -190,3 +190,39 @@ def test_bad_review_files_are_one_line_and_lose_nothing(
         assert f"id {ids[1]!r}" in err
     assert {p.name: p.read_bytes() for p in corrections.iterdir()} == before
     assert {p.name: p.read_bytes() for p in cache.directory.iterdir()} == cache_before
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "message"),
+    [
+        ("export-review", ["--ids", "nope"], "has no label for id 'nope'"),
+        ("export-review", ["--queue", "{tmp}/none.csv"], "none.csv does not exist"),
+        ("export-review", ["--output", "{tmp}/exists.json"], "exists.json exists"),
+        ("export-review", ["--cache", "{tmp}"], "is not a pseudo-label cache"),
+        ("import-labels", ["{tmp}/other.json"], "neither a Label Studio JSON export"),
+        ("import-labels", ["{tmp}/missing.json"], "missing.json does not exist"),
+        ("import-labels", ["{tmp}/empty.json"], "no annotated task/image"),
+    ],
+)
+def test_bad_command_input_is_one_line(
+    setup: tuple[Path, PseudoLabelCache, list[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    extra: list[str],
+    message: str,
+) -> None:
+    config, cache, _ = setup
+    (tmp_path / "exists.json").write_text("{}")
+    (tmp_path / "other.json").write_text('{"tasks": []}')
+    (tmp_path / "empty.json").write_text("[]")
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    if command == "export-review":
+        args = ["--cache", str(cache.directory), "--output", str(tmp_path / "out.json"), *extra]
+    else:
+        args = [*extra, "--config", str(config)]
+    assert main([command, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "out.json").exists()
+    assert not (cache.root / cache.dataset / "corrections").exists()
