@@ -261,6 +261,9 @@ COMMANDS: dict[str, tuple[str, Runner]] = {
     "evaluate-labels": ("mIoU of a folder of label PNGs against ground-truth PNGs", "wsss_pl.evaluation:main"),
     "compare-labels": ("several labellers on the same images: pseudo-label mIoU, speed, memory in one table", "wsss_pl.compare_labels:main"),
     "export-labels": ("pseudo-label cache -> COCO instance JSON (RLE) for review tools", "wsss_pl.labeling.storage.export:main"),
+    "review-queue": ("rank cached pseudo-labels by warning signs (no ground truth): CSV, composites", "wsss_pl.review_queue:main"),
+    "export-review": ("queue top N / ids as Label Studio tasks (pre-annotations) or COCO for CVAT", "wsss_pl.corrections.commands:export_review"),
+    "import-labels": ("a reviewed Label Studio export or COCO file -> corrections used before the cache", "wsss_pl.corrections.commands:import_labels"),
     "export-model": ("a trained checkpoint as ONNX / TorchScript (uint8 image in, normalisation inside)", "wsss_pl.export_model:main"),
     "reproduce": ("the paper's experiment end to end (label, score, fit, test) and its table", "wsss_pl.reproduce:main"),
 }  # fmt: skip

@@ -40,6 +40,7 @@ from wsss_pl.labeling.rules import (
 )
 from wsss_pl.labeling.segmenters import SegmenterSpec
 from wsss_pl.labeling.storage.cache import PseudoLabelCache
+from wsss_pl.labeling.storage.corrections import CORRECTIONS_DIR, CorrectionsLayer
 from wsss_pl.labeling.storage.writer import CacheWriter, to_cpu_once
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,27 @@ class _CachedTarget:
     it is made again rather than trained on.
     """
 
-    def __init__(self, cache: PseudoLabelCache, class_names: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        cache: PseudoLabelCache,
+        class_names: tuple[str, ...],
+        corrections: CorrectionsLayer | None = None,
+    ) -> None:
         self.cache = cache
         self.class_names = class_names
+        self.corrections = corrections
 
     def __call__(self, sample: Sample) -> torch.Tensor | None:
+        if self.corrections is not None:  # a reviewer's label wins over the pseudo-label
+            corrected = self.corrections.load(sample["id"])
+            if corrected is not None:
+                if corrected.shape != sample["image"].shape[1:]:
+                    raise CacheError(
+                        f"corrected label {self.corrections.path(sample['id'])} is "
+                        f"{tuple(corrected.shape)} but image {sample['id']} is "
+                        f"{tuple(sample['image'].shape[1:])}; re-import it for this image"
+                    )
+                return corrected
         label = self.cache.load(sample["id"])
         if label is None:
             return None
@@ -362,7 +379,8 @@ class OnlinePseudoLabels(LabelSource):
         if self.cache is None:
             raise RuntimeError("OnlinePseudoLabels.setup must run before loader()")
         assert self.vocabulary is not None
-        return _CachedTarget(self.cache, self.vocabulary.class_names)
+        corrections = CorrectionsLayer(self.cache.root / self.cache.dataset / CORRECTIONS_DIR)
+        return _CachedTarget(self.cache, self.vocabulary.class_names, corrections)
 
     # --- labelling on the device ---------------------------------------------------------
     def build_labeler(self) -> PseudoLabeler:

@@ -52,6 +52,7 @@ def export_coco_json(
     *,
     image_file_names: Mapping[str, str] | None = None,
     visible_only: bool = True,
+    ids: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write every complete cache entry as COCO JSON to ``output`` (atomically) and return it.
 
@@ -71,7 +72,7 @@ def export_coco_json(
     """
     category_ids = vocabulary.category_ids or tuple(range(1, len(vocabulary.class_names) + 1))
     names = image_file_names or {}
-    sample_ids = cache.ids()
+    sample_ids = cache.ids() if ids is None else list(ids)
     image_ids = _image_ids(sample_ids)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
