@@ -88,7 +88,10 @@ class HQSamSpec(SegmenterSpec):
         self.checkpoint = checkpoint
 
     def _path(self) -> Path:
+        from wsss_pl.labeling.model_folders import check_sam_path
+
         path = Path(self.checkpoint).expanduser()
+        check_sam_path(path, "hq_sam")
         if not path.is_file():
             raise WeightsError(
                 f"HQ-SAM checkpoint not found: {path}; download sam_hq_{self.model_type}.pth from "
@@ -111,7 +114,11 @@ class HQSamSpec(SegmenterSpec):
         from wsss_pl.weights import load_state_dict
 
         sam = sam_model_registry[self.model_type](checkpoint=None)
-        state = load_state_dict(self._path())
+        from wsss_pl.labeling.model_folders import check_sam_state
+
+        path = self._path()
+        state = load_state_dict(path)
+        check_sam_state(path, state, "hq_sam", self.model_type)  # plain SAM, other size: one line
         try:
             result = sam.load_state_dict(state, strict=False)  # as the package's builder
         except RuntimeError as error:

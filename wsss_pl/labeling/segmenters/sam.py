@@ -86,7 +86,10 @@ class SamSegmenter(nn.Module):
         """
         if model_type not in ("vit_h", "vit_l", "vit_b"):
             raise ValueError(f"model_type must be vit_h, vit_l or vit_b, got {model_type!r}")
+        from wsss_pl.labeling.model_folders import check_sam_path, check_sam_state
+
         path = resolve_checkpoint(checkpoint)
+        check_sam_path(path, "sam")
         if not path.is_file():
             raise WeightsError(
                 f"SAM checkpoint not found: {path}; download sam_{model_type}_*.pth from "
@@ -94,6 +97,7 @@ class SamSegmenter(nn.Module):
             )
         sam = sam_model_registry[model_type](checkpoint=None)
         state = load_state_dict(path)  # weights_only; a corrupt file is a WeightsError naming it
+        check_sam_state(path, state, "sam", model_type)  # another family or ViT size: one line
         try:
             sam.load_state_dict(state)
         except (RuntimeError, ValueError) as error:
