@@ -229,9 +229,12 @@ class SamSpec(SegmenterSpec):
         self.download = download
 
     def _path(self) -> Path:
+        from wsss_pl.labeling.model_folders import check_sam_path
         from wsss_pl.weights import resolve_checkpoint
 
-        return resolve_checkpoint(self.checkpoint, download=self.download)
+        path = resolve_checkpoint(self.checkpoint, download=self.download)
+        check_sam_path(path, "sam")  # a hub folder given as the checkpoint: say which spec
+        return path
 
     def settings(self) -> dict[str, Any]:
         if self.checkpoint == TINY:
