@@ -52,6 +52,8 @@ from wsss_pl.labeling.tiny import (
     tiny_owlv2,
     tiny_owlv2_processor,
     tiny_sam,
+    tiny_sam3,
+    tiny_sam3_processor,
     tiny_sam3_tracker,
     tiny_sam3_tracker_processor,
 )
@@ -115,9 +117,12 @@ def spec(class_path: str, **init_args: Any) -> dict[str, Any]:
 
 
 # --- Grounding DINO and MM-Grounding-DINO ----------------------------------------------------
+SHORTEST_EDGE = 256  # the folder's preprocessor and the config's detector_image_size (CPU time)
+
+
 def save_grounding(directory: Path, mm: bool) -> Path:
     """A tiny (MM-)Grounding-DINO saved as a hub folder: model, BERT tokenizer and the
-    grounding-dino-tiny preprocessor config. Token logits scaled by 1/4 in the saved weights (the
+    grounding-dino-tiny preprocessor config at a shorter side of 256. Token logits scaled by 1/4 in the saved weights (the
     decoder's last layer norm feeds the contrastive head); MM's class bias set to -1."""
     from transformers import GroundingDinoImageProcessor, GroundingDinoProcessor
 
@@ -130,9 +135,9 @@ def save_grounding(directory: Path, mm: bool) -> Path:
             for head in model.class_embed:
                 head.bias.fill_(-1.0)
     model.save_pretrained(directory)
+    small = {**PREPROCESSOR_CONFIG, "size": {"shortest_edge": SHORTEST_EDGE, "longest_edge": 1333}}
     processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(**PREPROCESSOR_CONFIG),
-        tokenizer=bert_tokenizer(),
+        image_processor=GroundingDinoImageProcessor(**small), tokenizer=bert_tokenizer()
     )
     processor.save_pretrained(directory)
     return directory
@@ -169,6 +174,7 @@ def grounding_labeller(tmp_path, sample_data, family: str, directory: Path, thre
         "image_resize": "tensor",
         "clip_boxes": True,
         "batch_mode": "per_image",
+        "detector_image_size": SHORTEST_EDGE,
     }
     return build_from_config(tmp_path, sample_data, labels).detector
 
@@ -329,6 +335,61 @@ def test_omdet_turbo_folder_matches_the_documented_call(tmp_path, sample_data, i
     reordered["labels"] = len(queries) - 1 - reordered["labels"]
     with pytest.raises(AssertionError):
         assert_same_boxes(ours, reordered, queries)
+
+
+# --- SAM 3 (text prompts -> masks) ------------------------------------------------------------
+def save_sam3(directory: Path) -> Path:
+    """A tiny SAM 3 folder with ``informative_tiny("sam3")``'s output scales in its saved weights:
+    query logits x256 (text and query projections x16 each), instance masks x2^14 (instance
+    projection), semantic x2^6 (semantic projection)."""
+    model = tiny_sam3()
+    with torch.no_grad():
+        for layer in (model.dot_product_scoring.text_proj, model.dot_product_scoring.query_proj):
+            layer.weight.mul_(16.0)
+            layer.bias.mul_(16.0)
+        for layer, factor in (
+            (model.mask_decoder.instance_projection, 2.0**14),
+            (model.mask_decoder.semantic_projection, 2.0**6),
+        ):
+            layer.weight.mul_(factor)
+            layer.bias.mul_(factor)
+    model.save_pretrained(directory)
+    tiny_sam3_processor().save_pretrained(directory)
+    return directory
+
+
+def test_sam3_folder_matches_the_documented_call(tmp_path, sample_data, images) -> None:
+    from test_sam3 import PRESENT
+    from test_sam3 import compare as compare_sam3
+    from transformers import Sam3Model, Sam3Processor
+
+    directory = save_sam3(tmp_path / "sam3")
+    reference = (
+        Sam3Model.from_pretrained(directory).eval(),
+        Sam3Processor.from_pretrained(directory),
+    )
+    crops = [images[0], np.ascontiguousarray(images[0][:200, 120:420])]
+
+    def from_config(box_threshold: float, mask_threshold: float):
+        labels = {
+            "detector": spec(
+                "wsss_pl.labeling.detectors.Sam3Spec",
+                model=str(directory),
+                mask_threshold=mask_threshold,
+            ),
+            "sam_checkpoint": "tiny",
+            "box_threshold": box_threshold,
+            "detector_batch_size": 2,
+        }
+        labeller = build_from_config(tmp_path, sample_data, labels)
+        assert labeller.segmenter is None and type(labeller.detector.model) is Sam3Model
+        return labeller.detector
+
+    totals = compare_sam3(reference, crops, make_detector=from_config)
+    print(f"SAM 3 folder vs the documented call ({PRESENT}): {totals}")
+    assert totals["instances"] >= 6
+    with pytest.raises(AssertionError):  # must fail: another mask threshold
+        compare_sam3(reference, crops, 0.45, make_detector=from_config)
 
 
 # --- SAM 2.1 and the SAM 3 tracker (box -> mask) ----------------------------------------------

@@ -109,16 +109,15 @@ class HQSamSpec(SegmenterSpec):
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         if self.checkpoint == TINY:
             return HQSamSegmenter(tiny_hq_sam(), encoder_batch_size, image_resize)
-        from segment_anything_hq import sam_model_registry
-
-        from wsss_pl.weights import load_state_dict
-
-        sam = sam_model_registry[self.model_type](checkpoint=None)
         from wsss_pl.labeling.model_folders import check_sam_state
+        from wsss_pl.weights import load_state_dict
 
         path = self._path()
         state = load_state_dict(path)
         check_sam_state(path, state, "hq_sam", self.model_type)  # plain SAM, other size: one line
+        from segment_anything_hq import sam_model_registry
+
+        sam = sam_model_registry[self.model_type](checkpoint=None)
         try:
             result = sam.load_state_dict(state, strict=False)  # as the package's builder
         except RuntimeError as error:

@@ -95,9 +95,9 @@ class SamSegmenter(nn.Module):
                 f"SAM checkpoint not found: {path}; download sam_{model_type}_*.pth from "
                 "https://github.com/facebookresearch/segment-anything#model-checkpoints"
             )
-        sam = sam_model_registry[model_type](checkpoint=None)
         state = load_state_dict(path)  # weights_only; a corrupt file is a WeightsError naming it
         check_sam_state(path, state, "sam", model_type)  # another family or ViT size: one line
+        sam = sam_model_registry[model_type](checkpoint=None)
         try:
             sam.load_state_dict(state)
         except (RuntimeError, ValueError) as error:
