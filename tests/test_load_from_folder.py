@@ -515,11 +515,16 @@ def test_bad_folders_and_sam_files_are_one_line_errors(tmp_path) -> None:
     torch.save(tiny_sam().state_dict(), plain)
     with pytest.raises(WeightsError, match=r"plain segment-anything SAM checkpoint.*SamSpec"):
         HQSamSpec(model_type="vit_b", checkpoint=str(plain)).build()
-    with pytest.raises(WeightsError, match=r"a ViT of width 32 weights, not vit_h"):
+    with pytest.raises(
+        WeightsError, match=r"SAM weights of a ViT of width 32, not vit_h: not an official"
+    ):
         SamSegmenter.from_checkpoint("vit_h", plain)
     vit_b = tmp_path / "vit_b.pth"
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}, vit_b)
-    with pytest.raises(WeightsError, match=r"vit_b \(width 768\).*set model_type: vit_b"):
+    with pytest.raises(
+        WeightsError,
+        match=r"SAM weights of vit_b \(width 768\), not vit_h: set model_type: vit_b on SamSpec",
+    ):
         SamSegmenter.from_checkpoint("vit_h", vit_b)
     other = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, other)

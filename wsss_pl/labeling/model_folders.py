@@ -214,14 +214,13 @@ def check_sam_state(
     size = _VIT_WIDTHS.get(int(patch.shape[0])) if patch is not None else None
     if patch is not None and size != model_type:
         width = int(patch.shape[0])
+        spec = _SAM_SPECS[family].rsplit(".", 1)[1]
+        if size:
+            fix = f"set model_type: {size} on {spec}"
+        else:
+            fix = "not an official vit_b / vit_l / vit_h checkpoint"
         holds_size = f"{size} (width {width})" if size else f"a ViT of width {width}"
-        raise WeightsError(
-            f"{path} holds {holds_size} weights, not {model_type}: set model_type: {size} "
-            f"on {_SAM_SPECS[family].rsplit('.', 1)[1]}"
-            if size
-            else f"{path} holds {holds_size} weights, not {model_type}: not an official "
-            "vit_b / vit_l / vit_h checkpoint"
-        )
+        raise WeightsError(f"{path} holds SAM weights of {holds_size}, not {model_type}: {fix}")
 
 
 SAM3_HUB_ID = "facebook/sam3"
