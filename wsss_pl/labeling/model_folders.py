@@ -143,7 +143,7 @@ def check_family(directory: str | Path, family: str) -> Family:
         raise WeightsError(
             f"{directory} holds a {holds} model, not {expected.title} "
             f"({' / '.join(expected.model_types)}): use {fitting_specs(model_type)} for it, or "
-            f"give {expected.spec.rsplit('.', 1)[1]} a {expected.title} folder"
+            f"give {expected.spec.rsplit('.', 1)[1]} a folder of {expected.title}"
         )
     return expected
 
