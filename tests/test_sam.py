@@ -160,7 +160,7 @@ def test_from_checkpoint_errors(tmp_path: Path) -> None:
         SamSegmenter.from_checkpoint("vit_b", tmp_path / "missing.pth")
     wrong = tmp_path / "tiny.pth"
     torch.save(tiny_sam().state_dict(), wrong)
-    with pytest.raises(WeightsError, match="wrong model_type"):
+    with pytest.raises(WeightsError, match="SAM weights of a ViT of width 32, not vit_b"):
         SamSegmenter.from_checkpoint("vit_b", wrong)
     with pytest.raises(ValueError, match="model_type"):
         SamSegmenter.from_checkpoint("vit_x", wrong)  # type: ignore[arg-type]

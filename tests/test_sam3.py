@@ -64,7 +64,9 @@ def phrases_of(names: list[str]) -> list[tuple[str, int]]:
     ]
 
 
-def compare(sam3, images, mask_threshold: float = 0.5) -> dict[str, float]:
+def compare(sam3, images, mask_threshold: float = 0.5, make_detector=None) -> dict[str, float]:
+    """``make_detector(box_threshold, mask_threshold)``: ours (default: a Sam3Detector around
+    ``sam3``'s model in fixed batches of 2)."""
     model, processor = sam3
     calls = {}
     for k, (image, names) in enumerate(zip(images, PRESENT, strict=True)):
@@ -78,9 +80,12 @@ def compare(sam3, images, mask_threshold: float = 0.5) -> dict[str, float]:
     )
     threshold = gap_threshold(scores, 8, 40)
     spread = assert_scores_spread(scores, threshold, min_each_side=8, min_gap=MIN_GAP)
-    detector = Sam3Detector(
-        model, processor, threshold, mask_threshold=mask_threshold, batch_size=2
-    )
+    if make_detector is None:
+        detector = Sam3Detector(
+            model, processor, threshold, mask_threshold=mask_threshold, batch_size=2
+        )
+    else:
+        detector = make_detector(threshold, mask_threshold)
     found = detector([as_tensor(x) for x in images], PRESENT, VOC)
     totals = {"instances": 0, "pixels": 0, "differing": 0, "near_ties": 0, **spread}
     for k, (image, names) in enumerate(zip(images, PRESENT, strict=True)):

@@ -99,7 +99,9 @@ def test_offline_errors(tmp_path: Path) -> None:
 
     plain = tmp_path / "plain.pth"
     torch.save(tiny_sam().state_dict(), plain)
-    with pytest.raises(WeightsError, match="HQ-SAM vit_b"):
+    with pytest.raises(
+        WeightsError, match="plain segment-anything SAM checkpoint, not HQ-SAM: use .*SamSpec"
+    ):
         HQSamSpec(model_type="vit_b", checkpoint=str(plain)).build()
 
 

@@ -85,11 +85,17 @@ class DetectorSpec(ABC):
         return f"{self.family}:{getattr(self, 'model', '?')}"
 
 
-def model_directory_settings(name: str, download: bool) -> tuple[dict[str, Any], str]:
-    """Fingerprint entries (weights and config sha256) and the local directory of a hub model."""
+def model_directory_settings(
+    name: str, download: bool, family: str | None = None
+) -> tuple[dict[str, Any], str]:
+    """Fingerprint entries (weights and config sha256) and the local directory of a hub model;
+    with ``family`` (a key of ``model_folders.FAMILIES``) the folder must hold that family."""
+    from wsss_pl.labeling.model_folders import check_family
     from wsss_pl.weights import checkpoint_fingerprint, resolve_hub_model
 
     directory = Path(resolve_hub_model(name, download=download))
+    if family is not None:
+        check_family(directory, family)
     weights = next((directory / f for f in _WEIGHT_FILES if (directory / f).is_file()), None)
     if weights is None:
         raise WeightsError(f"model directory {directory} has none of {_WEIGHT_FILES}")
@@ -98,6 +104,38 @@ def model_directory_settings(name: str, download: bool) -> tuple[dict[str, Any],
     return {"sha256": checkpoint_fingerprint(weights), "config_sha256": config_sha256}, str(
         directory
     )
+
+
+class HubDetectorSpec(DetectorSpec):
+    """A detector whose weights are a hub folder: a registry name, an ``owner/name`` hub id or a
+    local directory (``hf download ORG/NAME --local-dir DIR``). Owns resolving, checking and
+    loading it (``wsss_pl.labeling.model_folders``): the folder must hold ``hub_family``'s model
+    (``config.json`` ``model_type``), which loads with that family's transformers class; any
+    other folder is a one-line WeightsError naming the spec that fits it. Subclasses set
+    ``model`` and ``download`` and build their detector module around ``load()``."""
+
+    hub_family: ClassVar[str]  # a key of wsss_pl.labeling.model_folders.FAMILIES
+    model: str
+    download: bool
+
+    def weights_settings(self) -> dict[str, Any]:
+        """sha256 of the folder's weights file and config.json (the cache fingerprint's part)."""
+        return model_directory_settings(self.model, self.download, self.hub_family)[0]
+
+    def directory(self) -> str:
+        """The checked local folder (downloaded into the hub cache when allowed)."""
+        from wsss_pl.labeling.model_folders import check_family
+        from wsss_pl.weights import resolve_hub_model
+
+        directory = resolve_hub_model(self.model, download=self.download)
+        check_family(directory, self.hub_family)
+        return directory
+
+    def load(self) -> tuple[nn.Module, Any]:
+        """(model, processor or None) of the folder, with the family's own classes."""
+        from wsss_pl.labeling.model_folders import load_folder
+
+        return load_folder(self.directory(), self.hub_family)
 
 
 def check_batching(batch_mode: str, batch_size: int) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,6 @@ from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBas
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.detectors.base import Detections, concat_detections
 from wsss_pl.labeling.detectors.prompt import (
     Caption,
@@ -27,7 +24,7 @@ from wsss_pl.labeling.detectors.prompt import (
 from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode, per_image_bi_attention
 from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule, detector_input_size
-from wsss_pl.weights import resolve_hub_model, unsafe_pickle_error
+from wsss_pl.weights import resolve_hub_model
 
 NEUTRAL_CAPTION = "."  # the caption of the zero images that fill a fixed-size detector batch
 
@@ -108,22 +105,19 @@ class GroundingDetector(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, **kwargs: Any) -> GroundingDetector:
-        """Load a transformers Grounding DINO (e.g. ``IDEA-Research/grounding-dino-tiny``) offline.
+        """Load a transformers Grounding DINO or MM-Grounding-DINO (e.g.
+        ``IDEA-Research/grounding-dino-tiny`` or a local folder) offline, with the class its
+        ``config.json`` ``model_type`` names (``wsss_pl.labeling.model_folders``).
 
         ``kwargs`` go to ``__init__`` (thresholds, sizes).
         """
+        from wsss_pl.labeling.model_folders import load_folder, read_folder
+
         model_dir = resolve_hub_model(name_or_dir)
-        try:
-            model = GroundingDinoForObjectDetection.from_pretrained(model_dir)
-        except OSError as error:
-            raise WeightsError(
-                f"cannot load Grounding DINO from {model_dir!r}: {error}. Pass a local directory "
-                "with config.json and model.safetensors, or download the model into the HF cache"
-            ) from error
-        except pickle.UnpicklingError as error:  # weights_only=True refused it: nothing ran
-            raise unsafe_pickle_error(Path(model_dir) / "pytorch_model.bin", error) from None
-        tokenizer = bert_tokenizer(model_dir if Path(model_dir).is_dir() else None)
-        return cls(model, tokenizer, **kwargs)
+        model_type, _ = read_folder(model_dir)
+        family = "mm_grounding_dino" if model_type == "mm-grounding-dino" else "grounding_dino"
+        model, _ = load_folder(model_dir, family)
+        return cls(model, bert_tokenizer(model_dir), **kwargs)
 
     def train(self, mode: bool = True) -> GroundingDetector:
         super().train(mode)

@@ -8,25 +8,22 @@ from typing import Any
 
 from torch import nn
 
-from wsss_pl.labeling.detectors.base import (
-    TINY,
-    DetectorOptions,
-    DetectorSpec,
-    model_directory_settings,
-)
+from wsss_pl.labeling.detectors.base import TINY, DetectorOptions, HubDetectorSpec
 from wsss_pl.labeling.rules import detector_input_size
 
 
-class GroundingDinoSpec(DetectorSpec):
+class GroundingDinoSpec(HubDetectorSpec):
     """Grounding DINO through transformers (``GroundingDetector``: the paper's rules).
 
     Args:
         model: ``grounding-dino-tiny`` (Swin-T, the paper's), ``grounding-dino-base`` (Swin-B),
-            a hub id, a local directory, or ``tiny`` (random tiny model, demos and tests).
+            a hub id, a local directory (``model_type: grounding-dino``, loaded as
+            ``GroundingDinoForObjectDetection``), or ``tiny`` (random tiny model, demos and tests).
         download: fetch a missing hub model (offline: a WeightsError saying what to get).
     """
 
     family = "grounding_dino"
+    hub_family = "grounding_dino"
 
     def __init__(self, model: str = "grounding-dino-tiny", download: bool = True) -> None:
         self.model = model
@@ -35,7 +32,7 @@ class GroundingDinoSpec(DetectorSpec):
     def settings(self) -> dict[str, Any]:
         if self.model == TINY:  # the fingerprint of the plain ``detector: tiny`` string
             return {"name": TINY, "seed": 0}
-        return model_directory_settings(self.model, self.download)[0]
+        return self.weights_settings()
 
     def _tiny(self, **kwargs: Any) -> nn.Module:
         from wsss_pl.labeling.tiny import tiny_detector
@@ -44,6 +41,7 @@ class GroundingDinoSpec(DetectorSpec):
 
     def build(self, options: DetectorOptions) -> nn.Module:
         from wsss_pl.labeling.detectors.grounding import GroundingDetector
+        from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 
         kwargs = {
             "box_threshold": options.box_threshold,
@@ -58,8 +56,10 @@ class GroundingDinoSpec(DetectorSpec):
         }
         if self.model == TINY:
             return self._tiny(**kwargs)
-        directory = model_directory_settings(self.model, self.download)[1]
-        return GroundingDetector.from_pretrained(directory, image_size=options.image_size, **kwargs)
+        directory = self.directory()
+        model, _ = self.load()  # the family's class: MM-Grounding-DINO keeps its bias and scale
+        tokenizer = bert_tokenizer(directory)  # the folder's, else the shipped vocabulary
+        return GroundingDetector(model, tokenizer, image_size=options.image_size, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
         if self.model == TINY:  # tiny_detector's small input (see wsss_pl.labeling.tiny)
@@ -74,11 +74,13 @@ class MMGroundingDinoSpec(GroundingDinoSpec):
 
     Args:
         model: ``mm-grounding-dino-tiny`` (Swin-T, o365v1+goldg+v3det), a hub id, a local
-            directory, or ``tiny`` (random tiny model, tests).
+            directory (``model_type: mm-grounding-dino``, loaded as
+            ``MMGroundingDinoForObjectDetection``), or ``tiny`` (random tiny model, tests).
         download: fetch a missing hub model.
     """
 
     family = "mm_grounding_dino"
+    hub_family = "mm_grounding_dino"
 
     def __init__(self, model: str = "mm-grounding-dino-tiny", download: bool = True) -> None:
         super().__init__(model, download)
@@ -86,7 +88,7 @@ class MMGroundingDinoSpec(GroundingDinoSpec):
     def settings(self) -> dict[str, Any]:
         if self.model == TINY:
             return {"name": "mm_grounding_dino_tiny", "seed": 0}
-        return {"family": self.family, **model_directory_settings(self.model, self.download)[0]}
+        return {"family": self.family, **self.weights_settings()}
 
     def _tiny(self, **kwargs: Any) -> nn.Module:
         from wsss_pl.labeling.detectors.grounding import GroundingDetector

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
-from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.detectors.base import (
     TINY,
     Detections,
     DetectorOptions,
-    DetectorSpec,
+    HubDetectorSpec,
     check_batching,
     class_queries,
-    model_directory_settings,
 )
 from wsss_pl.labeling.invariance import BatchMode
 
@@ -137,17 +134,19 @@ class OmDetTurboDetector(nn.Module):
         return found
 
 
-class OmDetTurboSpec(DetectorSpec):
+class OmDetTurboSpec(HubDetectorSpec):
     """OmDet-Turbo (Zhao et al. 2024, real-time open-vocabulary detection) through transformers.
 
     Args:
-        model: ``omdet-turbo`` (``omlab/omdet-turbo-swin-tiny-hf``), a hub id, a local directory,
-            or ``tiny`` (random tiny model, tests).
+        model: ``omdet-turbo`` (``omlab/omdet-turbo-swin-tiny-hf``), a hub id, a local directory
+            (``model_type: omdet-turbo``, loaded as ``OmDetTurboForObjectDetection``), or
+            ``tiny`` (random tiny model, tests).
         nms_threshold: class-wise NMS IoU of the processor's post-processing (its default 0.5).
         download: fetch a missing hub model.
     """
 
     family = "omdet_turbo"
+    hub_family = "omdet_turbo"
 
     def __init__(
         self, model: str = "omdet-turbo", nms_threshold: float = 0.5, download: bool = True
@@ -160,8 +159,7 @@ class OmDetTurboSpec(DetectorSpec):
         rules = {"nms_threshold": self.nms_threshold}
         if self.model == TINY:
             return {"name": "omdet_turbo_tiny", "seed": 0, **rules}
-        weights = model_directory_settings(self.model, self.download)[0]
-        return {"family": self.family, **weights, **rules}
+        return {"family": self.family, **self.weights_settings(), **rules}
 
     def build(self, options: DetectorOptions) -> nn.Module:
         kwargs = {
@@ -174,14 +172,7 @@ class OmDetTurboSpec(DetectorSpec):
             from wsss_pl.labeling.tiny import tiny_omdet_turbo, tiny_omdet_turbo_processor
 
             return OmDetTurboDetector(tiny_omdet_turbo(), tiny_omdet_turbo_processor(), **kwargs)
-        from transformers import OmDetTurboForObjectDetection, OmDetTurboProcessor
-
-        directory = model_directory_settings(self.model, self.download)[1]
-        try:
-            model = OmDetTurboForObjectDetection.from_pretrained(directory)
-            processor = OmDetTurboProcessor.from_pretrained(directory)
-        except (OSError, pickle.UnpicklingError) as error:
-            raise WeightsError(f"cannot load OmDet-Turbo from {directory!r}: {error}") from error
+        model, processor = self.load()
         return OmDetTurboDetector(model, processor, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
-from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.detectors.base import (
     TINY,
     Detections,
     DetectorOptions,
-    DetectorSpec,
+    HubDetectorSpec,
     check_batching,
     class_queries,
-    concat_detections,
-    model_directory_settings,
 )
 from wsss_pl.labeling.invariance import BatchMode
 
@@ -37,7 +33,11 @@ class OwlV2Detector(nn.Module):
 
     Batching: in ``fixed`` mode every forward has ``batch_size`` images and ``max_queries``
     queries per image (padding queries are all-zero token rows, which the model itself masks to
-    ``finfo.min``); an image with more phrases runs in several rounds.
+    ``finfo.min``); an image with more phrases runs in several rounds whose query logits are
+    joined before the selection. OWL's boxes depend on the image alone and a query's logits on
+    the image and that query alone, so the result is the documented one-image call with every
+    query at once (each box scored by its best query over all of them), whatever
+    ``max_queries``.
     """
 
     def __init__(
@@ -115,17 +115,27 @@ class OwlV2Detector(nn.Module):
         step = 1 if self.batch_mode == "per_image" else len(work) or 1
         if self.batch_mode == "fixed":
             step = self.batch_size
-        parts: list[list[Detections]] = [[] for _ in images]
+        # Per image: its query logits [P, Q_i] round after round, and its boxes [P, 4].
+        logits: list[list[Tensor]] = [[] for _ in images]
+        boxes: dict[int, Tensor] = {}
         for start in range(0, len(work), step):
             chunk = work[start : start + step]
-            found = self._run([images[i] for i, _ in chunk], [q for _, q in chunk], threshold)
-            for (i, _), one in zip(chunk, found, strict=True):
-                parts[i].append(one)
-        return [concat_detections(p) if p else Detections.empty(self.device) for p in parts]
+            found = self._run([images[i] for i, _ in chunk], [q for _, q in chunk])
+            for (i, _), (round_logits, round_boxes) in zip(chunk, found, strict=True):
+                logits[i].append(round_logits)
+                boxes.setdefault(i, round_boxes)  # image-only: the same in every round
+        return [
+            self._select(torch.cat(logits[i], dim=1), boxes[i], images[i], queries[i], threshold)
+            if i in boxes
+            else Detections.empty(self.device)
+            for i in range(len(images))
+        ]
 
     def _run(
-        self, images: list[Tensor], queries: list[list[tuple[str, str, int]]], threshold: float
-    ) -> list[Detections]:
+        self, images: list[Tensor], queries: list[list[tuple[str, str, int]]]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """One forward; per image its query logits float32 [P, Q_k] (its own queries only) and
+        its boxes float32 [P, 4] (normalised cxcywh of the padded square)."""
         real = len(images)
         pixels = self.pixel_values(images)
         width = self.max_queries if self.batch_mode == "fixed" else max(len(q) for q in queries)
@@ -147,55 +157,56 @@ class OwlV2Detector(nn.Module):
             pixel_values=pixels,
             attention_mask=attention.flatten(0, 1),
         )
-        results = []
-        for k, (image, q) in enumerate(zip(images, queries, strict=True)):
-            logits = outputs.logits[k, :, : len(q)].float()  # [P, Q_k]
-            best = logits.max(dim=-1)
-            scores = best.values.sigmoid()
-            keep = scores > threshold
-            height, width_px = int(image.shape[-2]), int(image.shape[-1])
-            side = float(max(height, width_px))
-            cx, cy, w, h = outputs.pred_boxes[k, keep].float().unbind(-1)
-            boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1) * side
-            if self.clip_boxes:
-                limit = torch.tensor([width_px, height, width_px, height], device=boxes.device)
-                boxes = torch.minimum(boxes.clamp(min=0), limit)
-            which = best.indices[keep].tolist()
-            results.append(
-                Detections(
-                    boxes=boxes,
-                    scores=scores[keep],
-                    labels=torch.tensor([q[j][2] for j in which], dtype=torch.long).to(
-                        boxes.device
-                    ),
-                    phrases=[q[j][1] for j in which],
-                )
-            )
-        return results
+        return [
+            (outputs.logits[k, :, : len(q)].float(), outputs.pred_boxes[k].float())
+            for k, q in enumerate(queries)
+        ]
+
+    def _select(
+        self,
+        logits: Tensor,
+        boxes: Tensor,
+        image: Tensor,
+        queries: list[tuple[str, str, int]],
+        threshold: float,
+    ) -> Detections:
+        """Boxes of one image from its query logits [P, Q] (all its queries) and boxes [P, 4],
+        as ``post_process_grounded_object_detection``: score = sigmoid of the best query."""
+        best = logits.max(dim=-1)
+        scores = best.values.sigmoid()
+        keep = scores > threshold
+        height, width_px = int(image.shape[-2]), int(image.shape[-1])
+        side = float(max(height, width_px))
+        cx, cy, w, h = boxes[keep].unbind(-1)
+        xyxy = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1) * side
+        if self.clip_boxes:
+            limit = torch.tensor([width_px, height, width_px, height], device=xyxy.device)
+            xyxy = torch.minimum(xyxy.clamp(min=0), limit)
+        which = best.indices[keep].tolist()
+        return Detections(
+            boxes=xyxy,
+            scores=scores[keep],
+            labels=torch.tensor([queries[j][2] for j in which], dtype=torch.long).to(xyxy.device),
+            phrases=[queries[j][1] for j in which],
+        )
 
 
-def owlv2_processor(directory: str | None = None) -> Any:
-    """The model directory's ``Owlv2Processor`` (its tokenizer and image size)."""
-    from transformers import Owlv2Processor
-
-    if directory is None:
-        raise WeightsError("OWLv2 needs its model directory for the processor and tokenizer")
-    return Owlv2Processor.from_pretrained(directory)
-
-
-class OwlV2Spec(DetectorSpec):
+class OwlV2Spec(HubDetectorSpec):
     """OWLv2 (Minderer et al. 2023) through transformers.
 
     Args:
         model: ``owlv2-base`` (``google/owlv2-base-patch16-ensemble``), ``owlv2-large``, a hub id,
-            a local directory (config.json, weights, tokenizer, preprocessor_config.json), or
-            ``tiny`` (random tiny model, tests).
+            a local directory (``model_type: owlv2``: config.json, weights, tokenizer,
+            preprocessor_config.json; loaded as ``Owlv2ForObjectDetection``), or ``tiny``
+            (random tiny model, tests).
         query_template: text of a phrase's query (``{}`` is the phrase).
-        max_queries: queries per image and forward in ``fixed`` batch mode.
+        max_queries: queries per image and forward in ``fixed`` batch mode (speed and memory
+            only: an image with more phrases runs in rounds merged into the one-call result).
         download: fetch a missing hub model.
     """
 
     family = "owlv2"
+    hub_family = "owlv2"
 
     def __init__(
         self,
@@ -215,8 +226,7 @@ class OwlV2Spec(DetectorSpec):
         rules = {"query_template": self.query_template}
         if self.model == TINY:
             return {"name": "owlv2_tiny", "seed": 0, **rules}
-        weights = model_directory_settings(self.model, self.download)[0]
-        return {"family": self.family, **weights, **rules}
+        return {"family": self.family, **self.weights_settings(), **rules}
 
     def build(self, options: DetectorOptions) -> nn.Module:
         kwargs = {
@@ -231,14 +241,8 @@ class OwlV2Spec(DetectorSpec):
             from wsss_pl.labeling.tiny import tiny_owlv2, tiny_owlv2_processor
 
             return OwlV2Detector(tiny_owlv2(), tiny_owlv2_processor(), **kwargs)
-        from transformers import Owlv2ForObjectDetection
-
-        directory = model_directory_settings(self.model, self.download)[1]
-        try:
-            model = Owlv2ForObjectDetection.from_pretrained(directory)
-        except (OSError, pickle.UnpicklingError) as error:
-            raise WeightsError(f"cannot load OWLv2 from {directory!r}: {error}") from error
-        return OwlV2Detector(model, owlv2_processor(directory), **kwargs)
+        model, processor = self.load()
+        return OwlV2Detector(model, processor, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
         return (1, 1)  # every image is resized and padded to the processor's square

@@ -37,7 +37,7 @@ from wsss_pl.labeling.detectors.base import (
     TINY,
     Detections,
     DetectorOptions,
-    DetectorSpec,
+    HubDetectorSpec,
     check_batching,
     class_queries,
     concat_detections,
@@ -235,12 +235,12 @@ def _empty(
     return found
 
 
-class Sam3Spec(DetectorSpec):
+class Sam3Spec(HubDetectorSpec):
     """SAM 3 text-prompted segmentation as the whole labeller (no separate SAM runs).
 
     Args:
-        model: a local directory of ``facebook/sam3`` (config.json, model.safetensors, tokenizer
-            and processor files), ``sam3`` (the registry name: the copy in the HF hub cache), or
+        model: a local directory of ``facebook/sam3`` (config.json with ``model_type: sam3``,
+            model.safetensors, tokenizer and processor files; loaded as ``Sam3Model``), ``sam3`` (the registry name: the copy in the HF hub cache), or
             ``tiny`` (random tiny model, tests). The checkpoint is gated on the Hugging Face hub:
             accept its licence at https://huggingface.co/facebook/sam3, then
             ``hf download facebook/sam3 --local-dir DIR`` and pass DIR.
@@ -253,6 +253,7 @@ class Sam3Spec(DetectorSpec):
 
     provides_masks = True
     family = "sam3"
+    hub_family = "sam3"
 
     def __init__(
         self,
@@ -270,24 +271,13 @@ class Sam3Spec(DetectorSpec):
         self.mask_threshold = mask_threshold
         self.assist_words = assist_words
 
-    def _directory(self) -> Path:
-        directory = Path(self.model).expanduser()
-        if directory.is_dir() and not (directory / "config.json").is_file():
-            raise WeightsError(f"{directory} is not a SAM 3 model directory (no config.json)")
-        if directory.is_dir():
-            return directory
-        hub_id = self.model.count("/") == 1 and not self.model.startswith((".", "/", "~"))
-        if self.model != "sam3" and not hub_id:
-            raise WeightsError(
-                f"SAM 3 model directory not found: {self.model!r} (neither a directory nor 'sam3' "
-                f"/ a hub id). The checkpoint is gated: accept its licence at "
-                f"https://huggingface.co/{SAM3_HUB_ID}, then on a machine with internet run "
-                f"`hf auth login && hf download {SAM3_HUB_ID} --local-dir DIR`, copy DIR here and "
-                "pass it as the detector's model"
-            )
-        from wsss_pl.weights import resolve_hub_model  # the hub cache, or the gated message
+    def directory(self) -> str:
+        """The checked local SAM 3 folder (``model_folders.sam3_folder``)."""
+        from wsss_pl.labeling.model_folders import check_family, sam3_folder
 
-        return Path(resolve_hub_model(self.model, download=self.download))
+        directory = sam3_folder(self.model, self.download)
+        check_family(directory, self.hub_family)
+        return str(directory)
 
     def settings(self) -> dict[str, Any]:
         rules = {
@@ -299,7 +289,7 @@ class Sam3Spec(DetectorSpec):
             return {"name": "sam3_tiny", "seed": 0, **rules}
         from wsss_pl.weights import checkpoint_fingerprint
 
-        directory = self._directory()
+        directory = Path(self.directory())
         weights = directory / "model.safetensors"
         if not weights.is_file():
             raise WeightsError(f"SAM 3 directory {directory} has no model.safetensors")
@@ -324,14 +314,7 @@ class Sam3Spec(DetectorSpec):
             from wsss_pl.labeling.tiny import tiny_sam3, tiny_sam3_processor
 
             return Sam3Detector(tiny_sam3(), tiny_sam3_processor(), **kwargs)
-        from transformers import Sam3Model, Sam3Processor
-
-        directory = str(self._directory())
-        try:
-            model = Sam3Model.from_pretrained(directory)
-            processor = Sam3Processor.from_pretrained(directory)
-        except OSError as error:
-            raise WeightsError(f"cannot load SAM 3 from {directory!r}: {error}") from error
+        model, processor = self.load()
         return Sam3Detector(model, processor, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:

@@ -88,7 +88,10 @@ class HQSamSpec(SegmenterSpec):
         self.checkpoint = checkpoint
 
     def _path(self) -> Path:
+        from wsss_pl.labeling.model_folders import check_sam_path
+
         path = Path(self.checkpoint).expanduser()
+        check_sam_path(path, "hq_sam")
         if not path.is_file():
             raise WeightsError(
                 f"HQ-SAM checkpoint not found: {path}; download sam_hq_{self.model_type}.pth from "
@@ -106,12 +109,15 @@ class HQSamSpec(SegmenterSpec):
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         if self.checkpoint == TINY:
             return HQSamSegmenter(tiny_hq_sam(), encoder_batch_size, image_resize)
-        from segment_anything_hq import sam_model_registry
-
+        from wsss_pl.labeling.model_folders import check_sam_state
         from wsss_pl.weights import load_state_dict
 
+        path = self._path()
+        state = load_state_dict(path)
+        check_sam_state(path, state, "hq_sam", self.model_type)  # plain SAM, other size: one line
+        from segment_anything_hq import sam_model_registry
+
         sam = sam_model_registry[self.model_type](checkpoint=None)
-        state = load_state_dict(self._path())
         try:
             result = sam.load_state_dict(state, strict=False)  # as the package's builder
         except RuntimeError as error:

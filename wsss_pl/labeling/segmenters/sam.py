@@ -86,14 +86,18 @@ class SamSegmenter(nn.Module):
         """
         if model_type not in ("vit_h", "vit_l", "vit_b"):
             raise ValueError(f"model_type must be vit_h, vit_l or vit_b, got {model_type!r}")
+        from wsss_pl.labeling.model_folders import check_sam_path, check_sam_state
+
         path = resolve_checkpoint(checkpoint)
+        check_sam_path(path, "sam")
         if not path.is_file():
             raise WeightsError(
                 f"SAM checkpoint not found: {path}; download sam_{model_type}_*.pth from "
                 "https://github.com/facebookresearch/segment-anything#model-checkpoints"
             )
-        sam = sam_model_registry[model_type](checkpoint=None)
         state = load_state_dict(path)  # weights_only; a corrupt file is a WeightsError naming it
+        check_sam_state(path, state, "sam", model_type)  # another family or ViT size: one line
+        sam = sam_model_registry[model_type](checkpoint=None)
         try:
             sam.load_state_dict(state)
         except (RuntimeError, ValueError) as error:
@@ -225,9 +229,12 @@ class SamSpec(SegmenterSpec):
         self.download = download
 
     def _path(self) -> Path:
+        from wsss_pl.labeling.model_folders import check_sam_path
         from wsss_pl.weights import resolve_checkpoint
 
-        return resolve_checkpoint(self.checkpoint, download=self.download)
+        path = resolve_checkpoint(self.checkpoint, download=self.download)
+        check_sam_path(path, "sam")  # a hub folder given as the checkpoint: say which spec
+        return path
 
     def settings(self) -> dict[str, Any]:
         if self.checkpoint == TINY:

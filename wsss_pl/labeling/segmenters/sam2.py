@@ -128,7 +128,8 @@ class Sam2Spec(SegmenterSpec):
 
     Args:
         model: a hub id (``facebook/sam2.1-hiera-large``, ``...-base-plus``, ``-small``,
-            ``-tiny``), a local directory with ``config.json`` and weights, or ``tiny``.
+            ``-tiny``), a local directory with ``config.json`` (``model_type: sam2``) and
+            weights (loaded as ``Sam2Model``), or ``tiny``.
         download: fetch a hub model when missing (offline: a WeightsError saying what to get).
     """
 
@@ -137,41 +138,47 @@ class Sam2Spec(SegmenterSpec):
         self.download = download
 
     def _directory(self) -> str:
+        from wsss_pl.labeling.model_folders import check_family
         from wsss_pl.weights import resolve_hub_model
 
-        return resolve_hub_model(self.model, download=self.download)
+        directory = resolve_hub_model(self.model, download=self.download)
+        check_family(directory, "sam2")
+        return directory
 
     def settings(self) -> dict[str, Any]:
         if self.model == TINY:
             return {"type": "sam2_tiny", "seed": 0}
-        import hashlib
-
-        from wsss_pl.weights import checkpoint_fingerprint
-
-        directory = Path(self._directory())
-        weights = next(
-            (
-                directory / f
-                for f in ("model.safetensors", "pytorch_model.bin")
-                if (directory / f).is_file()
-            ),
-            None,
-        )
-        if weights is None:
-            raise WeightsError(f"SAM 2 directory {directory} has no model.safetensors")
-        config = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
-        return {"type": "sam2", "sha256": checkpoint_fingerprint(weights), "config_sha256": config}
+        return {"type": "sam2", **folder_fingerprint(Path(self._directory()), "SAM 2")}
 
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         """``image_resize`` is not used: SAM 2 always uses its processor's resize."""
         if self.model == TINY:
             return Sam2Segmenter(tiny_sam2(), sam2_processor(), encoder_batch_size)
-        from transformers import Sam2Model
+        from wsss_pl.labeling.model_folders import load_folder
 
         directory = self._directory()
-        return Sam2Segmenter(
-            Sam2Model.from_pretrained(directory), sam2_processor(directory), encoder_batch_size
-        )
+        model, _ = load_folder(directory, "sam2")
+        return Sam2Segmenter(model, sam2_processor(directory), encoder_batch_size)
+
+
+def folder_fingerprint(directory: Path, title: str) -> dict[str, str]:
+    """sha256 of a hub folder's weights file and of its config.json (cache fingerprint)."""
+    import hashlib
+
+    from wsss_pl.weights import checkpoint_fingerprint
+
+    weights = next(
+        (
+            directory / f
+            for f in ("model.safetensors", "pytorch_model.bin")
+            if (directory / f).is_file()
+        ),
+        None,
+    )
+    if weights is None:
+        raise WeightsError(f"{title} directory {directory} has no model.safetensors")
+    config = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+    return {"sha256": checkpoint_fingerprint(weights), "config_sha256": config}
 
 
 # --- SAM 3 tracker (transformers): SAM 3's box-promptable branch --------------------------------
@@ -182,8 +189,10 @@ class Sam3TrackerSpec(SegmenterSpec):
     1008 px square).
 
     Args:
-        model: a local ``facebook/sam3`` directory, ``sam3`` (the HF cache copy; gated: see
-            ``wsss_pl.labeling.detectors.sam3.Sam3Spec``), or ``tiny`` (random tiny model, tests).
+        model: a local ``facebook/sam3`` directory (``model_type: sam3``, or a saved
+            ``Sam3TrackerModel``'s ``sam3_tracker``; loaded as ``Sam3TrackerModel``), ``sam3``
+            (the HF cache copy; gated: see ``wsss_pl.labeling.detectors.sam3.Sam3Spec``), or
+            ``tiny`` (random tiny model, tests).
         download: with ``sam3``, try the hub when the cache lacks it.
     """
 
@@ -192,27 +201,19 @@ class Sam3TrackerSpec(SegmenterSpec):
         self.download = download
 
     def _directory(self) -> str:
-        from wsss_pl.labeling.detectors.sam3 import Sam3Spec
+        from wsss_pl.labeling.model_folders import check_family, sam3_folder
 
-        return str(Sam3Spec(self.model, download=self.download)._directory())
+        directory = sam3_folder(self.model, self.download)
+        check_family(directory, "sam3_tracker")
+        return str(directory)
 
     def settings(self) -> dict[str, Any]:
         if self.model == TINY:
             return {"type": "sam3_tracker_tiny", "seed": 0}
-        import hashlib
-
-        from wsss_pl.weights import checkpoint_fingerprint
-
         directory = Path(self._directory())
-        weights = directory / "model.safetensors"
-        if not weights.is_file():
+        if not (directory / "model.safetensors").is_file():
             raise WeightsError(f"SAM 3 directory {directory} has no model.safetensors")
-        config = hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
-        return {
-            "type": "sam3_tracker",
-            "sha256": checkpoint_fingerprint(weights),
-            "config_sha256": config,
-        }
+        return {"type": "sam3_tracker", **folder_fingerprint(directory, "SAM 3")}
 
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         """``image_resize`` is not used: the processor's resize."""
@@ -229,14 +230,7 @@ class Sam3TrackerSpec(SegmenterSpec):
                 encoder_batch_size,
                 image_size=TINY_SAM3_IMAGE_SIZE,
             )
-        from transformers import Sam3TrackerModel, Sam3TrackerProcessor
+        from wsss_pl.labeling.model_folders import load_folder
 
-        directory = self._directory()
-        try:
-            model = Sam3TrackerModel.from_pretrained(directory)
-            processor = Sam3TrackerProcessor.from_pretrained(directory)
-        except OSError as error:
-            raise WeightsError(
-                f"cannot load the SAM 3 tracker from {directory!r}: {error}"
-            ) from error
+        model, processor = load_folder(self._directory(), "sam3_tracker")
         return Sam2Segmenter(model, processor, encoder_batch_size, image_size=processor.target_size)
