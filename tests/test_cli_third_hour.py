@@ -10,6 +10,7 @@ import importlib
 import inspect
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -191,9 +192,11 @@ def test_terminal_bar_predict_folders_batch_size_rule_and_wandb_folders(tmp_path
     code, shown = _in_terminal([*fit, "--data.batch_size", "8"], tmp_path)
     assert code == 0, shown[-3000:]
     assert "fit finished: 1 epochs, 2 steps" in shown
-    # 2: the bar (carriage-return redraws, not plain lines) carries val mIoU after validation.
-    bars = [part for part in shown.split("\r") if "val/mIoU=" in part]
-    assert bars and "train/loss=" in bars[-1], shown[-3000:]
+    # 2: the bar (rich or tqdm) carries val mIoU after validation, the summary's value.
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+    bars = re.findall(r"Epoch 0.*?train/loss[:=] ?[\d.]+ val/mIoU[:=] ?([\d.]+)", plain)
+    assert bars, plain[-3000:]
+    assert re.search(rf"val mIoU: last {float(bars[-1]):.2f} \(epoch 0\)", plain)
     assert "validation: " not in shown  # the plain-line progress is for files, not terminals
     assert len(list(tmp_path.glob("runs/demo/wandb/offline-run-*"))) == 1  # fit's W&B run
 
