@@ -1,4 +1,4 @@
-"""The reproduction command end to end (--dry-run: tiny models, synthetic VOC data, CPU)."""
+"""The reproduction command end to end (--dry_run: tiny models, synthetic VOC data, CPU)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _check_final_step_headline(out: Path, payload: dict, max_steps: int) -> None
 
 @pytest.mark.slow
 def test_coco_dry_run_writes_its_table(tmp_path: Path) -> None:
-    """``reproduce coco --dry-run``: synthetic COCO-format data, tiny models, every COCO stage
+    """``reproduce coco --dry_run``: synthetic COCO-format data, tiny models, every COCO stage
     (label, score, fit, test; predict is VOC's test server only)."""
     out = tmp_path / "repro"
     result = run_cli(["reproduce", "coco", "--dry_run", "--output_dir", str(out)], tmp_path, timeout=900)

@@ -2,7 +2,7 @@
 
 The exported graph takes what a deployment has, a uint8 RGB image batch [B, 3, H, W] of any size,
 and does the rest inside: scaling to [0, 1], the training normalisation (mean/std of the config),
-the network, bilinear upsampling of the logits to the input size, and (``--output labels``) the
+the network, bilinear upsampling of the logits to the input size, and (``--output_type labels``) the
 arg-max as a uint8 class map [B, H, W]. ``--verify`` runs the exported file (onnxruntime or
 torch.jit) against PyTorch on real images and prints the largest logit difference, the pixels
 whose arg-max differs, and the CPU latency of both.
