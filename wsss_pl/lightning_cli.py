@@ -437,8 +437,8 @@ class WsssCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.WandbLogger",
                 init_args=Namespace(project="wsss_pl"),
             )
-        if self.subcommand in ("validate", "test", "predict") and not any(
-            a.startswith("--trainer.logger") for a in WsssArgumentParser.argv
+        if self.subcommand in ("validate", "test", "predict") and not _given(
+            WsssArgumentParser.argv, "trainer.logger"
         ):
             _evaluation_loggers(config, self.subcommand)
         _wandb_offline_fallback(config["trainer.logger"])
