@@ -18,7 +18,9 @@ from wsss_pl.reproduce import PAPER, Reproduction, ReproductionError
 @pytest.mark.slow
 def test_dry_run_reproduction_runs_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "repro"
-    result = run_cli(["reproduce", "voc", "--dry_run", "--output_dir", str(out)], tmp_path, timeout=900)
+    result = run_cli(
+        ["reproduce", "voc", "--dry_run", "--output_dir", str(out)], tmp_path, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("label", "score", "fit", "test", "predict"):
         assert (out / "logs" / f"{stage}.log").is_file()
@@ -71,7 +73,9 @@ def test_coco_dry_run_writes_its_table(tmp_path: Path) -> None:
     """``reproduce coco --dry_run``: synthetic COCO-format data, tiny models, every COCO stage
     (label, score, fit, test; predict is VOC's test server only)."""
     out = tmp_path / "repro"
-    result = run_cli(["reproduce", "coco", "--dry_run", "--output_dir", str(out)], tmp_path, timeout=900)
+    result = run_cli(
+        ["reproduce", "coco", "--dry_run", "--output_dir", str(out)], tmp_path, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("label", "score", "fit", "test"):
         assert (out / "logs" / f"{stage}.log").is_file()
