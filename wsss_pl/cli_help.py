@@ -1,7 +1,7 @@
 """The short ``--help`` of the Lightning commands (fit, validate, test, predict, label).
 
-LightningCLI's own help lists every Trainer, model and data parameter (about 1,400 lines, 15 s
-to import and build on a busy machine). ``wsss_pl COMMAND --help`` prints the options people
+LightningCLI's own help lists every Trainer, model and data parameter (1,360 lines, 29-42 s
+to import and build on a busy 2-core machine). ``wsss_pl COMMAND --help`` prints the options people
 change, grouped, from this module (standard library only: instant); ``--help full`` is the
 complete list and ``--print_config`` the resolved config of a command line.
 tests/test_cli_help.py checks that every option named here is one the real parser accepts.
