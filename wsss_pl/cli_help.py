@@ -4,7 +4,7 @@ LightningCLI's own help lists every Trainer, model and data parameter (1,360 lin
 to import and build on a busy 2-core machine). ``wsss_pl COMMAND --help`` prints the options people
 change, grouped, from this module (standard library only: instant); ``--help full`` is the
 complete list and ``--print_config`` the resolved config of a command line.
-tests/test_cli_help.py checks that every option named here is one the real parser accepts.
+tests/test_cli_third_hour.py checks that every option named here is one the real parser accepts.
 """
 
 from __future__ import annotations
