@@ -336,7 +336,7 @@ def test_export_model_errors_are_one_line(tmp_path: Path, r18_checkpoint: Path, 
     before = _snapshot(tmp_path)
     try:
         result = run_cli_in_process(
-            ["export-model", "--ckpt", str(r18_checkpoint), "--out", str(out), *extra], tmp_path
+            ["export-model", "--ckpt", str(r18_checkpoint), "--output", str(out), *extra], tmp_path
         )
     finally:
         if case == "read_only":
@@ -350,7 +350,7 @@ def test_export_model_writes_atomically_and_overwrites_when_asked(
     out = tmp_path / "model.pt"
     out.write_bytes(b"an earlier export")
     command = ["export-model", "--ckpt", str(r18_checkpoint), "--format", "torchscript"]
-    result = run_cli_in_process([*command, "--out", str(out), "--overwrite"], tmp_path)
+    result = run_cli_in_process([*command, "--output", str(out), "--overwrite"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.jit.load(str(out)) is not None  # the new export, complete
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temp file left
@@ -362,10 +362,10 @@ def test_export_model_writes_atomically_and_overwrites_when_asked(
 @pytest.mark.parametrize("case", ["out_is_file", "out_holds_other_files", "no_such_root"])
 def test_reproduce_refuses_bad_paths_before_creating_anything(tmp_path: Path, case: str) -> None:
     out = tmp_path / "repro"
-    args = ["reproduce", "voc", "--out", str(out)]
+    args = ["reproduce", "voc", "--output_dir", str(out)]
     if case == "out_is_file":
         out.write_text("not a folder")
-        needles: tuple[str, ...] = ("--out", "repro is a file")
+        needles: tuple[str, ...] = ("--output_dir", "repro is a file")
     elif case == "out_holds_other_files":
         out.mkdir()
         (out / "results.md").write_text("my notes")

@@ -140,7 +140,7 @@ def test_cli_json(real_dirs: dict, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["iou"]["aeroplane"] == pytest.approx(100 * expected.iou[1])
     assert report["missing_predictions"] == sorted(real_dirs["missing"])
     assert "have no prediction" in captured.err
-    assert main([*argv, "--missing-as-background"]) == 0
+    assert main([*argv, "--missing_as_background"]) == 0
     assert json.loads(capsys.readouterr().out)["num_images"] == len(real_dirs["ids"])
 
 
@@ -199,9 +199,9 @@ def test_cli_bad_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["--pred", str(empty), "--gt", str(gt_dir)]) == 2
     assert "no ids in common" in capsys.readouterr().err
     argv = ["--pred", str(pred_dir), "--gt", str(gt_dir)]
-    assert main([*argv, "--classes", "voc", "--num-classes", "5"]) == 2
-    assert "--num-classes 5 disagrees" in capsys.readouterr().err
-    assert main([*argv, "--num-classes", "5"]) == 0  # names default to class_<i>
+    assert main([*argv, "--classes", "voc", "--num_classes", "5"]) == 2
+    assert "--num_classes 5 disagrees" in capsys.readouterr().err
+    assert main([*argv, "--num_classes", "5"]) == 0  # names default to class_<i>
     assert "class_4" in capsys.readouterr().out
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog\n")

@@ -84,7 +84,7 @@ def test_export_matches_pytorch_on_real_images(
     ckpt, config = checkpoint
     out = tmp_path / f"model.{fmt}"
     images = _images(sample_data)[:2]  # 500x281 and 500x366: two sizes through one graph
-    argv = ["--ckpt", str(ckpt), "--config", str(config), "--format", fmt, "--out", str(out),
+    argv = ["--ckpt", str(ckpt), "--config", str(config), "--format", fmt, "--output", str(out),
             "--repeats", "1", "--verify", *images]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -129,7 +129,7 @@ def test_export_comparison_fails_on_swapped_channels(
     """The class-map check above can fail: BGR instead of RGB changes classes far from ties."""
     ckpt, config = checkpoint
     out = tmp_path / "model.onnx"
-    assert main(["--ckpt", str(ckpt), "--config", str(config), "--out", str(out)]) == 0
+    assert main(["--ckpt", str(ckpt), "--config", str(config), "--output", str(out)]) == 0
     image = _images(sample_data)[:1]
     ((got, reference),) = list(_run_both(ckpt, config, out, "onnx", image, bgr=True))
     result = compare_class_maps(
@@ -149,8 +149,8 @@ def test_onnx_class_map_output_and_inferred_net(
 
     ckpt, config = checkpoint
     out = tmp_path / "labels.onnx"
-    assert main(["--ckpt", str(ckpt), "--config", str(config), "--output", "labels",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert main(["--ckpt", str(ckpt), "--config", str(config), "--output_type", "labels",
+                 "--output", str(out)]) == 0  # fmt: skip
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     image = read_image(Path(_images(sample_data)[0]))[None]
     (labels,) = session.run(None, {"image": image.numpy()})

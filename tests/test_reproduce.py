@@ -1,4 +1,4 @@
-"""The reproduction command end to end (--dry-run: tiny models, synthetic VOC data, CPU)."""
+"""The reproduction command end to end (--dry_run: tiny models, synthetic VOC data, CPU)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from wsss_pl.reproduce import PAPER, Reproduction, ReproductionError
 @pytest.mark.slow
 def test_dry_run_reproduction_runs_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "repro"
-    result = run_cli(["reproduce", "voc", "--dry-run", "--out", str(out)], tmp_path, timeout=900)
+    result = run_cli(
+        ["reproduce", "voc", "--dry_run", "--output_dir", str(out)], tmp_path, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("label", "score", "fit", "test", "predict"):
         assert (out / "logs" / f"{stage}.log").is_file()
@@ -45,6 +47,11 @@ def test_dry_run_reproduction_runs_every_stage(tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "| 88.3 |" in table and "| 77.2 |" in table and "dry run" in table
     assert "| result | paper | ours |" in result.stdout
+    # No leftovers: the partial results are in results.json now; W&B runs in out/wandb, the
+    # test stage's beside them (out/test/wandb), none in out/wandb/wandb.
+    assert not (out / "results.partial.json").exists()
+    assert list((out / "wandb").glob("offline-run-*")) and not (out / "wandb" / "wandb").exists()
+    assert list((out / "test" / "wandb").glob("offline-run-*"))
     _check_final_step_headline(out, payload, max_steps=6)
 
 
@@ -63,10 +70,12 @@ def _check_final_step_headline(out: Path, payload: dict, max_steps: int) -> None
 
 @pytest.mark.slow
 def test_coco_dry_run_writes_its_table(tmp_path: Path) -> None:
-    """``reproduce coco --dry-run``: synthetic COCO-format data, tiny models, every COCO stage
+    """``reproduce coco --dry_run``: synthetic COCO-format data, tiny models, every COCO stage
     (label, score, fit, test; predict is VOC's test server only)."""
     out = tmp_path / "repro"
-    result = run_cli(["reproduce", "coco", "--dry-run", "--out", str(out)], tmp_path, timeout=900)
+    result = run_cli(
+        ["reproduce", "coco", "--dry_run", "--output_dir", str(out)], tmp_path, timeout=900
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("label", "score", "fit", "test"):
         assert (out / "logs" / f"{stage}.log").is_file()

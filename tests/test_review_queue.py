@@ -29,7 +29,18 @@ def test_review_queue_ranks_each_defect_above_the_clean_label(
     out = tmp_path / "queue"
     weights = ["--weights", "unmatched_boxes=0.5"]  # 0 in the defaults (no gain in the simulation)
     assert (
-        main(["review-queue", "--config", str(config), "--out", str(out), "--top", "2", *weights])
+        main(
+            [
+                "review-queue",
+                "--config",
+                str(config),
+                "--output_dir",
+                str(out),
+                "--top",
+                "2",
+                *weights,
+            ]
+        )
         == 0
     )
     lines = (out / "queue.csv").read_text().splitlines()
@@ -51,11 +62,14 @@ def test_review_queue_ranks_each_defect_above_the_clean_label(
     first_line = next(line for line in printed.splitlines() if line.startswith("   1  "))
     assert first_line.split()[1:3] == [f"{float(rows[0][2]):.3f}", ranked[0]]
     # A second run does not replace the queue without --overwrite.
-    assert main(["review-queue", "--config", str(config), "--out", str(out)]) == 2
+    assert main(["review-queue", "--config", str(config), "--output_dir", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     stale = out / "composites" / "rank0009_old.png"
     stale.write_bytes(b"")
-    assert main(["review-queue", "--config", str(config), "--out", str(out), "--overwrite"]) == 0
+    assert (
+        main(["review-queue", "--config", str(config), "--output_dir", str(out), "--overwrite"])
+        == 0
+    )
     assert not stale.exists() and len(list((out / "composites").iterdir())) == 4
 
 
@@ -77,9 +91,9 @@ def test_second_labeller_disagreement_moves_an_image_up(
             label = torch.full_like(label, 7)  # the second labeller says "car" everywhere
         second.store(sample_id, label, metadata)
     out = tmp_path / "queue2"
-    args = ["review-queue", "--cache", str(cache.directory), "--out", str(out)]
+    args = ["review-queue", "--cache", str(cache.directory), "--output_dir", str(out)]
     assert (
-        main([*args, "--second-cache", str(second.directory), "--weights", "disagreement=50"]) == 0
+        main([*args, "--second_cache", str(second.directory), "--weights", "disagreement=50"]) == 0
     )
     first = (out / "queue.csv").read_text().splitlines()[1].split(",")
     assert first[1] == ids[0] and "second labeller differs" in first[3]
@@ -139,7 +153,7 @@ def test_bad_input_is_one_line(
 ) -> None:
     _, cache, _ = queue_setup
     args = [a.format(tmp=tmp_path, cache=cache.directory) for a in extra]
-    assert main(["review-queue", "--out", str(tmp_path / "q"), *args]) == 2
+    assert main(["review-queue", "--output_dir", str(tmp_path / "q"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q" / "queue.csv").exists()
@@ -153,8 +167,15 @@ def test_config_with_two_caches_asks_which(
     config, cache, _ = queue_setup
     other = PseudoLabelCache(cache.root, cache.dataset, {"classes": ["x"]}, voc_palette())
     other.open()
-    assert main(["review-queue", "--config", str(config), "--out", str(tmp_path / "q")]) == 2
+    assert main(["review-queue", "--config", str(config), "--output_dir", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err
     assert "2 caches under" in err and "--cache" in err
-    args = ["--config", str(config), "--cache", str(cache.directory), "--out", str(tmp_path / "q")]
+    args = [
+        "--config",
+        str(config),
+        "--cache",
+        str(cache.directory),
+        "--output_dir",
+        str(tmp_path / "q"),
+    ]
     assert main(["review-queue", *args]) == 0

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wsss_pl.cli_help import full_help_arguments, short_help, wants_short_help
 from wsss_pl.errors import WsssError
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,63 @@ def explain_argument_error(message: str, parser: Any, argv: list[str]) -> str:
         where = _config_files_with_key(key, argv)
         source = f" in {', '.join(file for file, _ in where)}" if where else ""
         return f"unknown key {key}{source}{hint(key, keys)}"
-    found = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (\S+)", text)
+    found = re.search(r"the following arguments are required: (.*)", text)
     if found:
-        choices = re.findall(r"'([^']*)'", found.group(1))
-        guess = _closest(found.group(2), choices)
-        return text + (f" (did you mean {guess!r}?)" if guess else "")
+        missing = [k.split(".", 1)[-1] for k in found.group(1).split(", ")]
+        command = found.group(1).split(".", 1)[0] if "." in found.group(1) else "fit"
+        if any(k in ("model.net", "data.source") for k in missing):
+            return (
+                f"no {' and no '.join(missing)} given: start from a config, e.g. "
+                f"`{PROG} {command} --config configs/demo.yaml` (configs/ holds one per dataset)"
+            )
+    type_error = _type_message(text)
+    if type_error is not None:
+        return type_error
     return _restriction_message(text) or text
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "NoneType": "null",
+    "pathlib.Path": "a path",
+}
+
+
+def _type_message(text: str) -> str | None:
+    """'KEY must be an integer or null, got 'abc'' for a value of the wrong type (one type or
+    a Union of them, ``typing.Literal`` choices with a "did you mean"), or None."""
+    found = re.search(r"Given value type: <class '\w+'> Given value: (.*)$", text) or re.search(
+        r"Expected a (?:<class '[\w.]+'>|typing\.Literal\[[^\]]*\])\. Got value: (.*)$", text
+    )
+    if not found:
+        return None
+    value = found.group(1).strip()
+    keys = re.findall(r'Parser key "([\w.]+)"', text)
+    if not keys:
+        return None
+    key = keys[0] + "".join(f".init_args.{k}" for k in keys[1:])
+    expected = re.findall(r"Expected a (<class '([\w.]+)'>|typing\.Literal\[([^\]]*)\])", text)
+    if not expected:
+        return None
+    words: list[str] = []
+    choices: list[str] = []
+    for _, type_name, literal in expected:
+        if literal:
+            choices += [c.strip().strip("'") for c in literal.split(",")]
+        else:
+            words.append(_TYPE_WORDS.get(type_name, type_name))
+    choices = list(dict.fromkeys(choices))
+    if choices:
+        words.insert(0, "one of " + ", ".join(choices))
+    words = list(dict.fromkeys(words))
+    wanted = ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    guess = close[0] if close else None
+    did = f" (did you mean {guess!r}?)" if guess else ""
+    return f"{key} must be {wanted}, got {value!r}{did}"
 
 
 def _restriction_message(text: str) -> str | None:
@@ -196,7 +248,7 @@ def _restriction_message(text: str) -> str | None:
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict", "label")
 CONFIG_SECTIONS = (
     "seed_everything", "trainer", "model", "data", "ckpt_path", "optimizer", "lr_scheduler",
-    "weights_only", "verbose", "return_predictions", "overwrite_checkpoints",
+    "weights_only", "verbose", "return_predictions", "overwrite_checkpoints", "overwrite",
 )  # fmt: skip
 
 
@@ -292,7 +344,7 @@ def usage() -> str:
         "commands:",
         *(f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()),
         "",
-        f"`{PROG} COMMAND --help` lists a command's options. Configs are YAML; any key can be set",
+        f"`{PROG} COMMAND --help` lists a command's options (`--help full`: all). Configs are YAML; any key can be set",
         "on the command line (--data.batch_size 16); --print_config shows the resolved config.",
         f"example: {PROG} fit --config configs/demo.yaml",
     ]
@@ -395,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if command in LIGHTNING_COMMANDS and wants_short_help(rest):
+        print(short_help(command))
+        return 0
+    if command in LIGHTNING_COMMANDS:
+        rest = full_help_arguments(rest)
     if command in LIGHTNING_COMMANDS or not command:
         problem = config_file_error(rest, sections=bool(command))
         if problem is not None:

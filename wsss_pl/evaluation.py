@@ -35,6 +35,7 @@ import numpy as np
 
 from wsss_pl.errors import DataError, WsssError
 from wsss_pl.label_files import png_stems, read_label_array
+from wsss_pl.options import CommandParser
 from wsss_pl.progress import Progress
 
 _BINS = 256 * 256
@@ -105,13 +106,13 @@ def _histogram_chunk(args: tuple[list[_Task], int]) -> np.ndarray:
         if bad_pred:
             raise DataError(
                 f"prediction file {pred_path} has values {bad_pred} outside 0..{num_classes - 1} "
-                f"and 255; wrong --num-classes, or not a class-id map?"
+                f"and 255; wrong --num_classes, or not a class-id map?"
             )
         bad_gt = _bad_values(hist.sum(axis=1), num_classes)
         if bad_gt:
             raise DataError(
                 f"ground-truth file {gt_path} has values {bad_gt} outside 0..{num_classes - 1} "
-                f"and 255; wrong --num-classes?"
+                f"and 255; wrong --num_classes?"
             )
         total += hist.ravel()
     return total
@@ -305,35 +306,34 @@ def _class_names(spec: str | None, num_classes: int | None) -> list[str]:
             names = ["background", *names]
     if num_classes is not None and num_classes != len(names):
         raise DataError(
-            f"--num-classes {num_classes} disagrees with --classes {spec!r}, which has "
+            f"--num_classes {num_classes} disagrees with --classes {spec!r}, which has "
             f"{len(names)} classes including background"
         )
     return names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="wsss_pl evaluate-labels",
         description="mIoU of a folder of label PNGs against a folder of ground-truth PNGs.",
-        allow_abbrev=False,
     )
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted <id>.png")
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth <id>.png")
     parser.add_argument(
-        "--num-classes", type=int, help="C with background (default from --classes)"
+        "--num_classes", type=int, help="C with background (default from --classes)"
     )
     parser.add_argument(
         "--classes", help="voc, coco, or a file with one class name per line (default voc)"
     )
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument(
-        "--no-progress",
+        "--no_progress",
         action="store_true",
         help=f"no progress display on stderr (shown from {PROGRESS_MIN_IMAGES} images on)",
     )
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument(
-        "--missing-as-background",
+        "--missing_as_background",
         action="store_true",
         help="count ground-truth ids without a prediction as all background (default: leave out)",
     )
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"wsss_pl evaluate-labels: warning: {len(result.missing_predictions)} ground-truth ids have no prediction and "
             f"were left out (first: {result.missing_predictions[:5]}); "
-            "--missing-as-background counts them",
+            "--missing_as_background counts them",
             file=sys.stderr,
         )
     diagnosis = None

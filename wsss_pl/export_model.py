@@ -2,13 +2,13 @@
 
 The exported graph takes what a deployment has, a uint8 RGB image batch [B, 3, H, W] of any size,
 and does the rest inside: scaling to [0, 1], the training normalisation (mean/std of the config),
-the network, bilinear upsampling of the logits to the input size, and (``--output labels``) the
+the network, bilinear upsampling of the logits to the input size, and (``--output_type labels``) the
 arg-max as a uint8 class map [B, H, W]. ``--verify`` runs the exported file (onnxruntime or
 torch.jit) against PyTorch on real images and prints the largest logit difference, the pixels
 whose arg-max differs, and the CPU latency of both.
 
     python -m wsss_pl export-model --ckpt runs/voc/last.ckpt --config configs/voc.yaml \\
-        --format onnx --out model.onnx --verify data/VOCdevkit/VOC2012/JPEGImages/2007_000032.jpg
+        --format onnx --output model.onnx --verify data/VOCdevkit/VOC2012/JPEGImages/2007_000032.jpg
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from wsss_pl.errors import DataError, WeightsError, WsssError
 from wsss_pl.io import check_output_file, make_temp, write_json
+from wsss_pl.options import CommandParser
 
 Output = Literal["logits", "labels"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -344,9 +345,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="wsss_pl export-model",
-        allow_abbrev=False,
+        renamed={"--out": "--output"},
         description="Export a trained segmenter (uint8 image in, logits or class map out).",
     )
     parser.add_argument("--ckpt", required=True, type=Path, help="Lightning checkpoint (.ckpt)")
@@ -354,10 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="training config or run_config.yaml (default: infer DeepLabV2)"
     )
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    parser.add_argument("--output", choices=("logits", "labels"), default="logits")
-    parser.add_argument("--out", type=Path, help="output file (default: next to the checkpoint)")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace --out if it exists (else an error)"
+        "--output", type=Path, help="file to write (default: next to the checkpoint)"
+    )
+    parser.add_argument(
+        "--output_type",
+        choices=("logits", "labels"),
+        default="logits",
+        help="what the exported graph returns: float logits [B,C,H,W] or uint8 labels [B,H,W]",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --output if it exists (else an error)"
     )
     parser.add_argument("--verify", nargs="*", default=[], help="images to check the export on")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image")
@@ -367,23 +375,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.output is not None and str(args.output) in ("logits", "labels"):
+            parser.error(
+                f"--output is the file to write; for what the graph returns use --output_type "
+                f"{args.output}"
+            )
     except SystemExit as exit_:
         return int(exit_.code or 0)
     suffix = ".onnx" if args.format == "onnx" else ".torchscript.pt"
-    out = args.out or args.ckpt.with_suffix(suffix)
+    out = args.output or args.ckpt.with_suffix(suffix)
     try:
-        check_output_file(out, args.overwrite, "--out")
+        check_output_file(out, args.overwrite, "--output")
         net, data = load_net(args.ckpt, args.config)
         model = DeployableSegmenter(
             net,
             mean=data.get("mean", IMAGENET_MEAN),
             std=data.get("std", IMAGENET_STD),
-            output=args.output,
+            output=args.output_type,
         )
         export(model, out, args.format)
         print(
-            f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): uint8 [B,3,H,W] -> {args.output}"
+            f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): uint8 [B,3,H,W] -> {args.output_type}"
         )
         if args.verify:
             missing = [p for p in args.verify if not Path(p).is_file()]

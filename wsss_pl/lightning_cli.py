@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -49,10 +50,12 @@ class WsssArgumentParser(LightningArgumentParser):
     you mean", then where to find the options; no 65-line usage before it. Exit code 2."""
 
     argv: list[str] = []  # the command line, to say which config file holds a bad key
+    default_prog = PROG  # "wsss_pl fit": for parsers made on the fly (--data.source.help X)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # No prefix matching: --trainer.max_epoch must be an error, not max_epochs.
         kwargs["allow_abbrev"] = False
+        kwargs.setdefault("prog", self.default_prog)  # not "__main__.py"
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> Any:
@@ -60,6 +63,9 @@ class WsssArgumentParser(LightningArgumentParser):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
+        required = re.match(r"the following arguments are required: (\w+)\.", message)
+        if required and prog == PROG:  # the root parser names the command's missing keys
+            prog = f"{PROG} {required.group(1)}"
         try:
             explained = explain_argument_error(message, parser, self.argv)
         except Exception:  # noqa: BLE001 - a hint must never hide the message itself
@@ -204,7 +210,10 @@ class SaveRunConfig(SaveConfigCallback):
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
         logger = trainer.logger
         name = self.config_filename
-        if logger is None:  # no logger: still keep the config, under the run's root directory
+        writers = [c for c in trainer.callbacks if isinstance(c, PaletteWriter)]
+        if logger is None and stage == "predict" and writers:  # beside the predictions
+            directory = writers[0].output_dir
+        elif logger is None:  # no logger: still keep the config, under the run's root directory
             directory = Path(trainer.default_root_dir)
             name = time.strftime(f"{Path(name).stem}-%Y%m%d-%H%M%S{Path(name).suffix}")
         elif isinstance(logger, WandbLogger):
@@ -246,10 +255,10 @@ def _check_data_first(config: Any) -> None:
     source.prepare_data()
 
 
-def next_run_folder(base: Path, ckpt_path: str | None) -> Path:
+def next_run_folder(base: Path, ckpt_path: str | None, pattern: str = "*.ckpt") -> Path:
     """Where a fit writes the checkpoints configured for ``base``, so that no run replaces an
-    earlier run's: ``base`` while it holds no ``*.ckpt``, else the first ``base/version_N``
-    (N = 1, 2, ...) that holds none. A run resumed with ``ckpt_path`` from ``base`` or one of
+    earlier run's: ``base`` while it holds no file matching ``pattern`` (``*.ckpt``), else the
+    first ``base/version_N`` (N = 1, 2, ...) that holds none. A run resumed with ``ckpt_path`` from ``base`` or one of
     its version folders continues in that folder, and so does ``ckpt_path: last`` (Lightning
     looks for the last checkpoint in the configured folder)."""
     if ckpt_path in ("last", "best", "hpc", "registry"):
@@ -261,7 +270,7 @@ def next_run_folder(base: Path, ckpt_path: str | None) -> Path:
         ):
             return base if parent == base.resolve() else base / parent.name
     folder, number = base, 0
-    while folder.is_dir() and any(folder.glob("*.ckpt")):
+    while folder.is_dir() and any(folder.glob(pattern)):
         number += 1
         folder = base / f"version_{number}"
     return folder
@@ -302,6 +311,74 @@ def _version_checkpoint_folders(config: Any) -> None:
         init_args["dirpath"] = str(chosen[base])
 
 
+def _given(argv: list[str], key: str) -> bool:
+    """Whether ``--KEY`` is set on the command line (``--KEY VALUE`` or ``--KEY=VALUE``)."""
+    return any(a == f"--{key}" or a.startswith(f"--{key}=") for a in argv)
+
+
+def _command_line_batch_size_wins(config: Any, argv: list[str]) -> None:
+    """``data.batch_size`` and ``data.global_batch_size`` are alternatives: the one given on the
+    command line wins over the other one set in a config file (``label --config
+    configs/voc.yaml --data.batch_size 4`` uses 4 per device). Both on the command line stay
+    an error."""
+    per_device, global_ = _given(argv, "data.batch_size"), _given(argv, "data.global_batch_size")
+    if per_device and not global_ and config.get("data.global_batch_size") is not None:
+        config["data.global_batch_size"] = None
+    elif global_ and not per_device and config.get("data.batch_size") is not None:
+        config["data.batch_size"] = None
+
+
+def _version_prediction_folders(config: Any) -> None:
+    """Point every configured PaletteWriter ``output_dir`` that holds an earlier run's PNGs at
+    a new ``version_N`` folder inside it, saying so; ``--overwrite true`` writes into the
+    configured folder (replacing PNGs of the same ids). The same rule as fit's checkpoints."""
+    if config.get("overwrite"):
+        return
+    callbacks = config.get("trainer.callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    for callback in callbacks:
+        init_args = callback.get("init_args") if isinstance(callback, Namespace) else None
+        if not str(callback.get("class_path", "")).endswith("PaletteWriter"):
+            continue
+        if not isinstance(init_args, Namespace):
+            continue
+        base = Path(str(init_args.get("output_dir") or "predictions"))
+        folder = next_run_folder(base, None, pattern="*.png")
+        if folder != base and _is_rank_zero_process():
+            print(
+                f"{PROG} predict: {base} holds an earlier run's predictions, kept; this run "
+                f"writes to {folder} (replace them with --overwrite true)",
+                file=sys.stderr,
+                flush=True,
+            )
+        init_args["output_dir"] = str(folder)
+
+
+def _is_wandb(entry: Any) -> bool:
+    return isinstance(entry, Namespace) and str(entry.get("class_path", "")).endswith(
+        ".WandbLogger"
+    )
+
+
+def _evaluation_loggers(config: Any, command: str) -> None:
+    """W&B runs of validate / test / predict, unless ``--trainer.logger`` is given: predict logs
+    nothing, so it starts no W&B run (its resolved config goes beside the predictions);
+    validate and test runs go to ``SAVE_DIR/<command>/wandb`` so that the training runs in
+    ``SAVE_DIR/wandb`` are not mixed with a run per evaluation."""
+    logger = config.get("trainer.logger")
+    entries = logger if isinstance(logger, list) else [logger]
+    if command == "predict":
+        kept = [e for e in entries if not _is_wandb(e)]
+        if len(kept) != len(entries):
+            config["trainer.logger"] = kept if len(kept) > 1 else (kept[0] if kept else False)
+        return
+    for entry in entries:
+        if _is_wandb(entry) and isinstance(entry.get("init_args"), Namespace):
+            init_args = entry.init_args
+            base = init_args.get("save_dir") or init_args.get("dir") or "."
+            init_args["save_dir"] = str(Path(base) / command)
+
+
 class WsssCLI(LightningCLI):
     """LightningCLI with the class names linked from the data module into the model, W&B that
     falls back to offline, plain progress lines off a terminal and a closing summary."""
@@ -327,6 +404,15 @@ class WsssCLI(LightningCLI):
         if subcommand in ("validate", "test"):
             # The closing summary prints the per-class table; Lightning's would repeat it.
             parser.set_defaults(verbose=False)
+        if subcommand == "predict":
+            parser.add_argument(
+                "--overwrite",
+                type=bool,
+                default=False,
+                help="Write predictions into the configured PaletteWriter output_dir even when "
+                "it holds an earlier run's PNGs (same ids are replaced). Default: such a run "
+                "writes to a new OUTPUT_DIR/version_N folder and the earlier PNGs stay.",
+            )
         if subcommand == "fit":
             parser.add_argument(
                 "--overwrite_checkpoints",
@@ -351,6 +437,10 @@ class WsssCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.WandbLogger",
                 init_args=Namespace(project="wsss_pl"),
             )
+        if self.subcommand in ("validate", "test", "predict") and not _given(
+            WsssArgumentParser.argv, "trainer.logger"
+        ):
+            _evaluation_loggers(config, self.subcommand)
         _wandb_offline_fallback(config["trainer.logger"])
         # wandb's start and end banners (colour codes even in a log file) repeat what the
         # closing summary says (run folder, URL, `wandb sync`): online, only its warnings
@@ -358,8 +448,11 @@ class WsssCLI(LightningCLI):
         os.environ.setdefault("WANDB_QUIET", "true")
         if _all_wandb_offline(config["trainer.logger"]):
             os.environ.setdefault("WANDB_SILENT", "true")
+        _command_line_batch_size_wins(config, WsssArgumentParser.argv)
         if self.subcommand == "fit":
             _version_checkpoint_folders(config)
+        if self.subcommand == "predict":
+            _version_prediction_folders(config)
         _check_data_first(config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
@@ -499,6 +592,8 @@ def summary_lines(command: str, trainer: Any, model: Any) -> list[str]:
                 f"{PROG} predict: wrote {writer.num_written} palette PNGs{ranks} to "
                 f"{writer.output_dir}"
             )
+        if not trainer.loggers:
+            lines.append("  no W&B run for predict (it logs nothing; --trainer.logger sets one)")
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             run = logger.experiment
@@ -539,6 +634,12 @@ def build_cli(
     prog: str = PROG,
 ) -> WsssCLI:
     WsssArgumentParser.argv = list(sys.argv[1:] if args is None else args)
+    first = WsssArgumentParser.argv[0] if WsssArgumentParser.argv else ""
+    if prog == PROG and first and not first.startswith("-"):
+        WsssArgumentParser.default_prog = f"{PROG} {first}"  # fit, validate, test, predict
+    else:
+        WsssArgumentParser.default_prog = prog
+
     # The arguments are passed explicitly, which is what this warning is about.
     warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended")
     return cli_class(

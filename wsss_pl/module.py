@@ -281,6 +281,8 @@ class SegmentationModule(pl.LightningModule):
         for name, iou in zip(self.label_names, scores["iou"].tolist(), strict=True):
             if not math.isnan(iou):
                 values[f"{split}/IoU/{name}"] = torch.tensor(100 * iou)
+        if split == "val":  # shown in the terminal's progress bar after each validation
+            self.log(f"{split}/mIoU", values.pop(f"{split}/mIoU"), prog_bar=True, sync_dist=False)
         self.log_dict(values, sync_dist=False)  # already reduced across ranks by compute()
 
     def configure_callbacks(self) -> list[pl.Callback]:

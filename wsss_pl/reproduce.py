@@ -19,7 +19,7 @@ them as Lightning DDP on N devices) except ``score`` (in this process), logged t
    ``<out>/results.md`` and ``<out>/results.json``.
 
 Stages already done are skipped when rerun (their outputs exist), so a crashed reproduction
-resumes. ``--dry-run`` runs the same stages end to end with tiny random models on a generated
+resumes. ``--dry_run`` runs the same stages end to end with tiny random models on a generated
 synthetic VOC- or COCO-format dataset on the CPU: the pipeline's plumbing, not its numbers. The
 VOC one took 47 s on 2 idle CPU cores (COCO 37 s), mostly the start-up of its stage processes,
 and takes several times that on a busy machine.
@@ -48,6 +48,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from wsss_pl.errors import WsssError
+from wsss_pl.options import CommandParser
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STAGES = ("label", "score", "fit", "test", "predict")
@@ -114,7 +115,7 @@ def _dry_run_source(out: Path, dataset: str) -> dict[str, Any]:
 
 
 def dry_run_overrides(out: Path, dataset: str = "voc") -> dict[str, Any]:
-    """Config overlay of ``--dry-run``: synthetic data, tiny random models, a few CPU steps."""
+    """Config overlay of ``--dry_run``: synthetic data, tiny random models, a few CPU steps."""
     return {
         "trainer": {
             "accelerator": "cpu",
@@ -152,7 +153,7 @@ def _logger(out: Path, stage: str, offline: bool) -> dict[str, Any]:
         "init_args": {
             "project": "wsss_pl-reproduce",
             "name": f"{out.name}-{stage}",
-            "save_dir": str(out / "wandb"),
+            "save_dir": str(out),  # wandb writes into SAVE_DIR/wandb
             "offline": offline,
         },
     }
@@ -338,24 +339,30 @@ class Reproduction:
     def final_checkpoint(self) -> Path:
         """``last.ckpt``: the weights after the final step (validation and this checkpoint
         always follow the last step, ``wsss_pl.cadence``); the paper reports these."""
-        last = sorted((self.out / "wandb").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        last = sorted(self._checkpoints("last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not last:
-            raise ReproductionError(f"no last.ckpt under {self.out / 'wandb'}: run the fit stage")
+            raise ReproductionError(f"no last.ckpt under {self.out}: run the fit stage")
         return last[-1]
+
+    def _checkpoints(self, pattern: str) -> list[Path]:
+        """Checkpoints of the fit stage: Lightning puts them in SAVE_DIR/PROJECT/RUN_ID/
+        checkpoints (``out/wsss_pl-reproduce/...``; ``out/wandb/...`` in older folders)."""
+        folders = [self.out / "wsss_pl-reproduce", self.out / "wandb"]
+        return [path for folder in folders for path in folder.rglob(pattern)]
 
     def best_checkpoint(self) -> Path:
         """The checkpoint of the best val/mIoU (from its file name), else ``last.ckpt``."""
         pattern = re.compile(r"miou(\d+\.\d+)")
         found = [
             (float(m.group(1)), path)
-            for path in (self.out / "wandb").rglob("*.ckpt")
+            for path in self._checkpoints("*.ckpt")
             if (m := pattern.search(path.name))
         ]
         if found:
             return max(found)[1]
-        last = sorted((self.out / "wandb").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+        last = sorted(self._checkpoints("last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not last:
-            raise ReproductionError(f"no checkpoint under {self.out / 'wandb'}: run the fit stage")
+            raise ReproductionError(f"no checkpoint under {self.out}: run the fit stage")
         return last[-1]
 
     def fit(self) -> None:
@@ -413,7 +420,9 @@ class Reproduction:
         if not self.dry_run:
             extra["data.source.init_args.predict_split"] = "test"
         args = self._cli("predict", "predict", extra)
-        self._run("predict", [*args, "--ckpt_path", str(self.final_checkpoint())])
+        # This folder is the reproduction's own: a rerun of the stage replaces its PNGs.
+        checkpoint = str(self.final_checkpoint())
+        self._run("predict", [*args, "--ckpt_path", checkpoint, "--overwrite", "true"])
         archive = self.out / "results.tar.gz"
         with tarfile.open(archive, "w:gz") as tar:
             tar.add(self.out / "results", arcname="results")
@@ -438,7 +447,8 @@ class Reproduction:
     # -- results -------------------------------------------------------------------------------
 
     def _save_partial(self) -> None:
-        (self.out / "results.partial.json").write_text(json.dumps(self.results, indent=1))
+        """The results so far, for a resumed run; ``table`` replaces this by results.json."""
+        (self.out / PARTIAL).write_text(json.dumps(self.results, indent=1))
 
     def table(self) -> str:
         """Markdown table of ours beside the paper's numbers; also written to results.md/.json."""
@@ -473,13 +483,16 @@ class Reproduction:
         payload = {"dataset": self.dataset, "dry_run": self.dry_run, "rows": records,
                    "details": self.results, "config": str(self.config)}  # fmt: skip
         (self.out / "results.json").write_text(json.dumps(payload, indent=1))
+        (self.out / PARTIAL).unlink(missing_ok=True)  # results.json holds them all now
         return markdown
 
     def run(self, stages: tuple[str, ...] = STAGES) -> str:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / MARKER).touch()
-        partial = self.out / "results.partial.json"
-        if partial.is_file():
+        finished, partial = self.out / "results.json", self.out / PARTIAL
+        if finished.is_file():  # a finished reproduction rerun with some stages
+            self.results.update(json.loads(finished.read_text()).get("details") or {})
+        if partial.is_file():  # stages of an interrupted run since
             self.results.update(json.loads(partial.read_text()))
         if self.dry_run:
             self.prepare_dry_run_data()
@@ -499,9 +512,11 @@ class Reproduction:
 
 # Stages that run in this process (no subprocess of their own): their output is teed to a log.
 IN_PROCESS_STAGES = ("score",)
-# Written into --out: a folder holding it (or a reproduction's files) is resumed, others refused.
+# Written into --output_dir: a folder holding it (or a reproduction's files) is resumed, others refused.
 MARKER = ".wsss_pl_reproduce"
-_OWN_FILES = (MARKER, "results.partial.json", "configs", "logs")
+# The results of the stages run so far while a reproduction runs (removed at its end).
+PARTIAL = "results.partial.json"
+_OWN_FILES = (MARKER, PARTIAL, "results.json", "configs", "logs")
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -552,15 +567,15 @@ def _tee_stdout(log_path: Path) -> Iterator[None]:
 
 
 def check_arguments(out: Path, root: Path | None, overwrite: bool) -> None:
-    """Refuse, before anything is created, an ``--out`` that is a file or a folder of other
+    """Refuse, before anything is created, an ``--output_dir`` that is a file or a folder of other
     files (unless ``overwrite``), and a ``--root`` that does not exist."""
     if out.exists() and not out.is_dir():
-        raise ReproductionError(f"--out {out} is a file; give a folder for the reproduction")
+        raise ReproductionError(f"--output_dir {out} is a file; give a folder for the reproduction")
     if out.is_dir() and not overwrite:
         entries = {p.name for p in out.iterdir()}
         if entries and not entries & set(_OWN_FILES):
             raise ReproductionError(
-                f"--out {out} holds other files ({', '.join(sorted(entries)[:3])}); its outputs "
+                f"--output_dir {out} holds other files ({', '.join(sorted(entries)[:3])}); its outputs "
                 "would replace them: choose an empty or new folder, or pass --overwrite"
             )
     if root is not None and not root.is_dir():
@@ -584,25 +599,28 @@ class MetricsJsonWriter(Callback):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="wsss_pl reproduce",
+        renamed={"--out": "--output_dir"},
         description="Reproduce 'An Alternative to WSSS?' end to end and print ours beside the "
         "paper's numbers. Extra arguments after -- go to every stage (e.g. -- --data.num_workers 8).",
     )
     parser.add_argument("dataset", choices=sorted(PAPER))
     parser.add_argument("--gpus", type=int, default=1, help="devices per stage (DDP when > 1)")
     parser.add_argument("--root", type=Path, help="dataset root (default: the config's)")
-    parser.add_argument("--out", type=Path, help="output folder (default runs/reproduce_<dataset>)")
+    parser.add_argument(
+        "--output_dir", type=Path, help="output folder (default runs/reproduce_<dataset>)"
+    )
     parser.add_argument("--config", type=Path, help="main config (default configs/<dataset>.yaml)")
     parser.add_argument(
         "--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}"
     )
-    parser.add_argument("--dry-run", action="store_true", help="tiny models, synthetic data, CPU")
+    parser.add_argument("--dry_run", action="store_true", help="tiny models, synthetic data, CPU")
     parser.add_argument("--offline", action="store_true", help="W&B offline (sync later)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="write into an --out folder that holds other files (a reproduction's own folder "
+        help="write into an --output_dir folder that holds other files (a reproduction's own folder "
         "is resumed without it)",
     )
     return parser
@@ -621,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ReproductionError(f"--stages: unknown {unknown}; choose from {', '.join(STAGES)}")
     if args.gpus < 1:
         raise ReproductionError(f"--gpus must be >= 1, got {args.gpus}")
-    out = args.out or Path("runs") / (
+    out = args.output_dir or Path("runs") / (
         f"reproduce_{args.dataset}" + ("_dry_run" if args.dry_run else "")
     )
     check_arguments(out, None if args.dry_run else args.root, args.overwrite)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from wsss_pl.errors import DataError, WsssError
+from wsss_pl.options import CommandParser
 
 PROG = "wsss_pl review-queue"
 SIGNALS = (
@@ -350,9 +351,9 @@ def _rows_for_composites(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=PROG,
-        allow_abbrev=False,
+        renamed={"--out": "--output_dir"},
         description="Rank cached pseudo-labels by warning signs (no ground truth needed): CSV, "
         "composites of the top N, top 10 printed.",
     )
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache", help="<cache_root>/<dataset>/<fingerprint> (instead of or with --config)"
     )
-    parser.add_argument("--second-cache", help="a second labeller's cache of the same ids")
+    parser.add_argument("--second_cache", help="a second labeller's cache of the same ids")
     parser.add_argument(
         "--stage", default="train", help="split of --config's source (default train)"
     )
@@ -370,10 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top", type=int, default=20, help="composites of the N first (default 20)"
     )
-    parser.add_argument("--out", default="runs/review_queue", help="output folder")
+    parser.add_argument("--output_dir", default="runs/review_queue", help="output folder")
     parser.add_argument("--weights", help="SIGNAL=W,... overriding the default weights")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier queue in --out"
+        "--overwrite", action="store_true", help="replace an earlier queue in --output_dir"
     )
     return parser  # fmt: skip
 
@@ -401,7 +402,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise ReviewQueueError(f"--top must be >= 0, got {args.top}")
     weights = parse_weights(args.weights)
-    out = Path(args.out)
+    out = Path(args.output_dir)
     csv_path = out / "queue.csv"
     if csv_path.exists() and not args.overwrite:
         raise ReviewQueueError(

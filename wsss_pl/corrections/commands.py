@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss_pl.errors import DataError, WsssError
+from wsss_pl.options import CommandParser
 
 
 def _ids(args: argparse.Namespace, cache: Any) -> list[str]:
@@ -45,9 +46,8 @@ def export_review(argv: list[str] | None = None) -> int:
     from wsss_pl.labeling.storage.cache import PseudoLabelCache
     from wsss_pl.labeling.storage.export import _vocabulary_of, export_coco_json
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="wsss_pl export-review",
-        allow_abbrev=False,
         description="Pseudo-labels for human review: Label Studio tasks with pre-annotations "
         "(brush RLE) or COCO instance JSON (CVAT).",
     )
@@ -58,7 +58,7 @@ def export_review(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=50, help="with --queue (default 50)")
     parser.add_argument("--ids", help="comma-separated ids instead of --queue")
     parser.add_argument(
-        "--image-url",
+        "--image_url",
         default="/data/local-files/?d={id}.jpg",
         help="Label Studio image URL of an id ({id} is replaced)",
     )
@@ -108,9 +108,8 @@ def import_labels(argv: list[str] | None = None) -> int:
     from wsss_pl.corrections.formats import ReviewFileError, read_review_file
     from wsss_pl.labeling.storage.corrections import CorrectionsLayer, corrections_dir
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="wsss_pl import-labels",
-        allow_abbrev=False,
         description="Read a Label Studio JSON export or a COCO file (CVAT) into the corrections "
         "layer <cache_root>/<dataset>/corrections/, which training uses before the cache.",
     )

@@ -1,4 +1,4 @@
-"""A small synthetic dataset in the official MS-COCO layout, for ``reproduce coco --dry-run``.
+"""A small synthetic dataset in the official MS-COCO layout, for ``reproduce coco --dry_run``.
 
 ``make_synthetic_coco(root)`` writes ``root/{train,val}<year>/*.jpg`` and
 ``root/annotations/instances_{train,val}<year>.json`` (all 80 categories with their official

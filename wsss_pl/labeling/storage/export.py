@@ -160,12 +160,12 @@ def _vocabulary_of(cache: PseudoLabelCache) -> ClassVocabulary:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m wsss_pl export-labels --cache DIR --output FILE``: cache -> COCO JSON."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(
+    from wsss_pl.options import CommandParser
+
+    parser = CommandParser(
         prog="wsss_pl export-labels",
-        allow_abbrev=False,
         description="Export a pseudo-label cache as COCO instance JSON (RLE masks), e.g. for CVAT "
         "or Label Studio review.",
     )
@@ -177,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         "--overwrite", action="store_true", help="replace --output if it exists (else an error)"
     )
     parser.add_argument(
-        "--image-ext", default=".jpg", help="file name suffix of the images (default .jpg)"
+        "--image_ext", default=".jpg", help="file name suffix of the images (default .jpg)"
     )
     parser.add_argument(
-        "--raw-masks",
+        "--raw_masks",
         action="store_true",
         help="export SAM's raw masks instead of the visible parts",
     )
