@@ -262,6 +262,7 @@ COMMANDS: dict[str, tuple[str, Runner]] = {
     "compare-labels": ("several labellers on the same images: pseudo-label mIoU, speed, memory in one table", "wsss_pl.compare_labels:main"),
     "export-labels": ("pseudo-label cache -> COCO instance JSON (RLE) for review tools", "wsss_pl.labeling.storage.export:main"),
     "export-model": ("a trained checkpoint as ONNX / TorchScript (uint8 image in, normalisation inside)", "wsss_pl.export_model:main"),
+    "fetch": ("every weight and dataset a config needs in one table; downloads them, or says how offline", "wsss_pl.fetching:main"),
     "reproduce": ("the paper's experiment end to end (label, score, fit, test) and its table", "wsss_pl.reproduce:main"),
 }  # fmt: skip
 
