@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def _short(error: BaseException) -> str:
     if _debug():
         cause = error.__cause__
         return text + (f" [{type(cause).__name__}: {cause}]" if cause is not None else "")
-    first = text.split(". ")[0].split(": http")[0]
+    first = re.sub(r" \S*https?://\S+", "", text.split(". ")[0])  # the URL is in the table
     return first[:200]
 
 
@@ -83,8 +84,12 @@ def check_writable(directory: Path) -> None:
 
 
 def _find_checkpoint(need: Need, download: bool) -> Found:
-    from wsss_pl.weights import CHECKPOINTS, checkpoint_fingerprint, default_cache_dir
-    from wsss_pl.weights import resolve_checkpoint
+    from wsss_pl.weights import (
+        CHECKPOINTS,
+        checkpoint_fingerprint,
+        default_cache_dir,
+        resolve_checkpoint,
+    )
 
     given = Path(need.value).expanduser()
     entry = CHECKPOINTS.get(need.value)
