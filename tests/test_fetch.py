@@ -278,7 +278,9 @@ def test_checkpoint_gives_the_backbone_style(tmp_path: Path) -> None:
 
 
 @slow
-def test_validate_with_a_checkpoint_runs_offline_without_init_weights(tmp_path: Path) -> None:
+def test_validate_with_a_checkpoint_runs_offline_without_init_weights(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """configs/voc.yaml names deeplabv2_coco_init; a checkpoint holds every weight, so validate
     neither downloads nor asks for it (empty cache, HF_HUB_OFFLINE=1, no network needed), and
     only fit from random weights warns about freeze_bn."""
@@ -302,9 +304,11 @@ def test_validate_with_a_checkpoint_runs_offline_without_init_weights(tmp_path: 
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
     env = {"WSSS_PL_CACHE": str(tmp_path / "empty_cache")}
     voc = ["--config", str(REPO / "configs/voc.yaml"), "--config", "small.yaml"]
-    fit = run_cli(["fit", *voc, "--model.net.init_args.pretrained", "null"], tmp_path, env=env)
+    fit_args = ["fit", *voc, "--model.net.init_args.pretrained", "null"]
+    fit = run_cli_in_process(fit_args, tmp_path, env=env)
     assert fit.returncode == 0, fit.stderr[-3000:]
-    assert "training starts from a randomly initialised backbone with freeze_bn" in fit.stderr
+    said = fit.stderr + caplog.text  # in this process, pytest captures the log records
+    assert "training starts from a randomly initialised backbone with freeze_bn" in said
     (checkpoint,) = tmp_path.glob("runs/**/last.ckpt")
     result = run_cli(["validate", *voc, "--ckpt_path", str(checkpoint)], tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -313,6 +317,6 @@ def test_validate_with_a_checkpoint_runs_offline_without_init_weights(tmp_path: 
     assert "freeze_bn" not in result.stderr
     assert not (tmp_path / "empty_cache").exists()  # nothing resolved, nothing downloaded
     # the control: without the checkpoint the init weights are needed, and named up front
-    plain = run_cli(["validate", *voc], tmp_path, env=env)
+    plain = run_cli_in_process(["validate", *voc], tmp_path, env=env)
     assert plain.returncode == 2
     assert "model.net.init_args.pretrained = deeplabv2_coco_init" in plain.stderr

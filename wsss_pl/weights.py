@@ -459,7 +459,7 @@ def resolve_hub_model(
         )
     except Exception as error:  # hub, network and offline-cache errors all mean the same to users
         reason = (
-            f"not in {fetched} nor in the Hugging Face cache"
+            "not in the wsss_pl cache nor in the Hugging Face cache"
             if offline
             else "the download from the hub failed"
         )
@@ -506,7 +506,7 @@ def _hub_model(name: str) -> HubModel:
 
 
 def _hub_help(model: HubModel, offline: bool, reason: str) -> str:
-    mode = "offline (HF_HUB_OFFLINE=1 or download=False)" if offline else "online"
+    mode = "offline" if offline else "online"
     if model.gated:
         return (
             f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}. "
@@ -519,9 +519,9 @@ def _hub_help(model: HubModel, offline: bool, reason: str) -> str:
     revision = f" --revision {model.revision}" if model.revision else ""
     return (
         f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}. "
-        f"On a machine with internet access run `hf download {model.repo_id}{revision} "
-        f"--local-dir {hub_local_dir(model)}` (or `python -m wsss_pl fetch --config CONFIG`) "
-        f"and copy that folder to the same path here, or pass its path instead of {model.name!r}"
+        f"Where there is internet run `hf download {model.repo_id}{revision} --local-dir "
+        f"{hub_local_dir(model)}` (or `python -m wsss_pl fetch --config CONFIG`) and copy that "
+        f"folder here, or pass a folder's path instead of {model.name!r}"
     )
 
 
