@@ -201,6 +201,17 @@ def test_unknown_names_are_named_with_their_key(tmp_path: Path, cache: Path) -> 
     assert not _lines(result.stdout, "unusable:") and len(_lines(result.stdout, "missing:")) == 2
 
 
+def test_bad_command_lines_are_one_line(tmp_path: Path) -> None:
+    for args, needle in (
+        (["fetch"], "fetch needs --config FILE"),
+        (["fetch", "--config", str(REPO / "configs/voc.yml")], "(did you mean"),
+        (["fetch", "--config", str(REPO / "configs/voc.yaml"), "--data.source"], "has no value"),
+    ):
+        result = run_cli_in_process(args, tmp_path)
+        (line,) = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and needle in line and line.startswith("wsss_pl: error:")
+
+
 def test_unwritable_cache_is_one_line(
     tmp_path: Path, server: LocalServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -392,9 +392,11 @@ def main(argv: list[str]) -> int:
         index += 1
     if not files:
         raise ConfigError("fetch needs --config FILE (a training or compare-labels config)")
+    from wsss_pl.cli import _missing_file_hint
+
     for file in files:
         if not Path(file).is_file():
-            raise ConfigError(f"config file {file} does not exist")
+            raise ConfigError(f"config file {file} does not exist{_missing_file_hint(file)}")
     from wsss_pl.weights import default_cache_dir, hub_offline
 
     config = load_config(files, rest)
