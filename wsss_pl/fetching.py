@@ -83,7 +83,7 @@ def check_writable(directory: Path) -> None:
 # ------------------------------------------------------------------------- single files
 
 
-def _find_checkpoint(need: Need, download: bool) -> Found:
+def _find_checkpoint(need: Need, download: bool, digests: bool = True) -> Found:
     from wsss_pl.weights import (
         CHECKPOINTS,
         checkpoint_fingerprint,
@@ -95,7 +95,7 @@ def _find_checkpoint(need: Need, download: bool) -> Found:
     entry = CHECKPOINTS.get(need.value)
     if entry is None:
         if given.is_file():
-            digest = checkpoint_fingerprint(given)
+            digest = checkpoint_fingerprint(given) if digests else ""
             return Found(need, str(given), "present", _size(given), digest, "-")
         looks_like_path = "/" in need.value or given.suffix in (".pth", ".pt", ".caffemodel")
         problem = (
@@ -128,7 +128,7 @@ def _find_checkpoint(need: Need, download: bool) -> Found:
         found.problem = _short(error)
         return found
     found.state, found.size = state, _size(path)
-    found.sha256 = checkpoint_fingerprint(path)
+    found.sha256 = checkpoint_fingerprint(path)  # verified above: read from its sidecar
     return found
 
 
@@ -166,7 +166,7 @@ def _weights_digest(directory: Path) -> str:
     return ""
 
 
-def _find_hub(need: Need, download: bool) -> Found:
+def _find_hub(need: Need, download: bool, digests: bool = True) -> Found:
     from wsss_pl.weights import HUB_MODELS, _hub_model, hub_local_dir, resolve_hub_model
 
     given = Path(need.value).expanduser()
@@ -178,7 +178,8 @@ def _find_hub(need: Need, download: bool) -> Found:
         if not (given / "config.json").is_file():
             return Found(need, str(given), "unusable",
                          problem="not a model folder (no config.json)")  # fmt: skip
-        found = Found(need, str(given), "present", _size(given), _weights_digest(given), "-")
+        digest = _weights_digest(given) if digests else ""
+        found = Found(need, str(given), "present", _size(given), digest, "-")
         return _check_family(found, given)
     try:
         model = _hub_model(need.value)
@@ -197,7 +198,7 @@ def _find_hub(need: Need, download: bool) -> Found:
         local = None
     if local is not None:
         found.path, found.state, found.size = str(local), "present", _size(local)
-        found.sha256 = _weights_digest(local)
+        found.sha256 = _weights_digest(local) if digests else ""
         return _check_family(found, local)
     if model.gated:
         found.problem = f"gated: accept its licence at https://huggingface.co/{model.repo_id}"
@@ -274,16 +275,21 @@ def _find_dataset(need: Need, download: bool, config_path: str) -> Found:
 
 
 def find_all(
-    needs: list[Need], download: bool, config_path: str = "CONFIG", data: bool = True
+    needs: list[Need],
+    download: bool,
+    config_path: str = "CONFIG",
+    data: bool = True,
+    digests: bool = True,
 ) -> list[Found]:
     """The state of every need, downloading the missing ones when ``download`` (and the config)
-    allow it. An unwritable cache stops everything with one line (nothing can be fetched)."""
+    allow it; ``digests``: hash the files found (for the table). An unwritable cache stops
+    everything with one line (nothing can be fetched)."""
     found = []
     for need in needs:
         if need.kind == "checkpoint":
-            found.append(_find_checkpoint(need, download))
+            found.append(_find_checkpoint(need, download, digests))
         elif need.kind == "hub":
-            found.append(_find_hub(need, download))
+            found.append(_find_hub(need, download, digests))
         elif data:
             found.append(_find_dataset(need, download, config_path))
     return found
@@ -340,7 +346,7 @@ def ensure_weights(needs: list[Need], command: str, configs: str = "") -> None:
     weights = [need for need in needs if need.kind != "dataset"]
     if not weights:
         return
-    found = find_all(weights, download=not hub_offline(), data=False)
+    found = find_all(weights, download=not hub_offline(), data=False, digests=False)
     lines = problem_lines(found)
     if lines:
         for line in lines:
