@@ -103,6 +103,9 @@ def test_crf_params_refuse_what_would_crash_pydensecrf() -> None:
 def test_bad_model_settings_are_one_line(
     tmp_path: Path, args: list[str], needles: tuple[str, ...]
 ) -> None:
+    # The weights file exists (a missing one is named up front, before the net is built): what
+    # is refused here is the setting itself.
+    (tmp_path / "deeplab_init.caffemodel").write_bytes(b"not read: the backbone is refused first")
     before = _snapshot(tmp_path)
     command = ["fit", "--config", str(DEMO_CONFIG), *FAST_OVERRIDES, "--trainer.logger", "false"]
     result = run_cli_in_process([*command, *args], tmp_path)

@@ -131,12 +131,22 @@ def test_frozen_bn_stays_eval_and_keeps_stats() -> None:
     assert not torch.equal(mean, bn.running_mean)  # the control: unfrozen BN does update
 
 
-def test_frozen_bn_with_random_init_warns(caplog: pytest.LogCaptureFixture) -> None:
+def test_frozen_bn_random_init_warning_is_left_to_fit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Building the net says nothing (label, export-model and checkpoints build it without init
+    weights on purpose); ``random_init_warning`` is what fit says when it trains from random."""
     with caplog.at_level(logging.WARNING, logger="wsss_pl.models.deeplab_v2"):
-        DeepLabV2(num_classes=3, backbone="resnet18", freeze_bn=False)
-        assert not caplog.records
-        DeepLabV2(num_classes=3, backbone="resnet18", freeze_bn=True)
-    assert any("freeze_bn" in r.getMessage() for r in caplog.records)
+        frozen = DeepLabV2(num_classes=3, backbone="resnet18", freeze_bn=True)
+    assert not [r for r in caplog.records if "freeze_bn" in r.getMessage()]
+    assert "freeze_bn" in (frozen.random_init_warning() or "")
+    assert (
+        DeepLabV2(num_classes=3, backbone="resnet18", freeze_bn=False).random_init_warning() is None
+    )
+    path = tmp_path / "resnet18.pth"
+    torch.save(models.resnet18(weights=None).state_dict(), path)
+    loaded = DeepLabV2(num_classes=3, backbone="resnet18", pretrained=str(path), freeze_bn=True)
+    assert loaded.random_init_warning() is None
 
 
 def test_load_torchvision_resnet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

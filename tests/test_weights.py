@@ -207,11 +207,18 @@ def test_resolve_hub_model_local_dir(tmp_path: Path) -> None:
 
 def test_resolve_hub_model_offline_missing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WSSS_PL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("WSSS_PL_DEBUG", raising=False)
     with pytest.raises(WeightsError) as caught:
         resolve_hub_model("grounding-dino-tiny", cache_dir=tmp_path / "hub")
     message = str(caught.value)
-    assert "hf download IDEA-Research/grounding-dino-tiny" in message
-    assert "--local-dir DIR" in message
+    folder = tmp_path / "cache" / "hub" / "grounding-dino-tiny"  # where `fetch` puts it
+    assert f"hf download IDEA-Research/grounding-dino-tiny --local-dir {folder}" in message
+    assert "\n" not in message and len(message) < 450
+    assert "LocalEntryNotFoundError" not in message  # the library's text: WSSS_PL_DEBUG=1 only
+    monkeypatch.setenv("WSSS_PL_DEBUG", "1")
+    with pytest.raises(WeightsError, match="LocalEntryNotFoundError"):
+        resolve_hub_model("grounding-dino-tiny", cache_dir=tmp_path / "hub")
     with pytest.raises(WeightsError, match="unknown hub model"):
         resolve_hub_model("not-a-model")
 

@@ -317,6 +317,7 @@ COMMANDS: dict[str, tuple[str, Runner]] = {
     "export-review": ("queue top N / ids as Label Studio tasks (pre-annotations) or COCO for CVAT", "wsss_pl.corrections.commands:export_review"),
     "import-labels": ("a reviewed Label Studio export or COCO file -> corrections used before the cache", "wsss_pl.corrections.commands:import_labels"),
     "export-model": ("a trained checkpoint as ONNX / TorchScript (uint8 image in, normalisation inside)", "wsss_pl.export_model:main"),
+    "fetch": ("every weight and dataset a config needs in one table; downloads them, or says how offline", "wsss_pl.fetching:main"),
     "reproduce": ("the paper's experiment end to end (label, score, fit, test) and its table", "wsss_pl.reproduce:main"),
 }  # fmt: skip
 

@@ -36,7 +36,7 @@ from wsss_pl.callbacks import (
     RunSummary,
     review_dir,
 )
-from wsss_pl.cli import PROG, explain_argument_error
+from wsss_pl.cli import PROG, _config_paths, explain_argument_error
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.module import SegmentationModule
 from wsss_pl.progress import format_duration, is_terminal
@@ -255,6 +255,40 @@ def _check_data_first(config: Any) -> None:
     source.prepare_data()
 
 
+def _check_weights_first(config: Any, command: str) -> None:
+    """Every weight the run will load, checked (and downloaded unless offline) before anything
+    is built, so that all missing ones are named at once, each with its config key; see
+    ``wsss_pl.fetching.ensure_weights``. ``fit`` loads the net's init weights and the
+    labeller's; ``label`` only the labeller's; validate / test / predict only the net's."""
+    from wsss_pl.fetching import ensure_weights
+    from wsss_pl.requirements import config_needs
+
+    labels = command in ("fit", "label")
+    plain = config.as_dict() if isinstance(config, Namespace) else dict(config)
+    configs = " ".join(f"--config {path}" for path in _config_paths(WsssArgumentParser.argv))
+    ensure_weights(config_needs(plain, labels=labels, data=False), command, configs)
+
+
+def _net_weights_from_checkpoint(config: Any) -> None:
+    """validate / test / predict with --ckpt_path: the checkpoint holds every weight of the net,
+    so its init weights (``pretrained``) are never resolved or downloaded. A DeepLabV2 whose
+    ``backbone_style`` is ``auto`` (decided by the init weights) takes the checkpoint's style."""
+    init_args = config.get("model.net.init_args")
+    if not isinstance(init_args, Namespace) or init_args.get("pretrained") is None:
+        return
+    init_args["pretrained"] = None
+    if init_args.get("backbone_style") != "auto":
+        return
+    try:
+        checkpoint = load_training_checkpoint(config["ckpt_path"])
+    except Exception:  # noqa: BLE001 - _check_ckpt_path reports an unreadable checkpoint
+        return
+    state = checkpoint.get("state_dict") if checkpoint is not None else None
+    flag = state.get("net.caffe_backbone") if isinstance(state, dict) else None
+    if flag is not None:
+        init_args["backbone_style"] = "caffe" if int(flag) else "torchvision"
+
+
 def next_run_folder(base: Path, ckpt_path: str | None, pattern: str = "*.ckpt") -> Path:
     """Where a fit writes the checkpoints configured for ``base``, so that no run replaces an
     earlier run's: ``base`` while it holds no file matching ``pattern`` (``*.ckpt``), else the
@@ -453,7 +487,10 @@ class WsssCLI(LightningCLI):
             _version_checkpoint_folders(config)
         if self.subcommand == "predict":
             _version_prediction_folders(config)
+        if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path"):
+            _net_weights_from_checkpoint(config)
         _check_data_first(config)
+        _check_weights_first(config, self.subcommand or "label")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         callbacks: list[Any] = [RunSummary()]
@@ -621,10 +658,10 @@ class LabelCLI(WsssCLI):
     it is built without its pretrained checkpoint (no ResNet download for a labelling pass)."""
 
     def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
         init_args = self.config.get("model.net.init_args")
         if init_args is not None and "pretrained" in init_args:
             init_args["pretrained"] = None
+        super().before_instantiate_classes()
 
 
 def build_cli(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ from wsss_pl.models.crf import CRFParams, dense_crf
 from wsss_pl.models.inference import predict_logits, predict_msc_max
 from wsss_pl.models.loss import step_loss
 from wsss_pl.models.msc import check_scales, msc_forward
+
+log = logging.getLogger(__name__)
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -147,6 +150,14 @@ class SegmentationModule(pl.LightningModule):
                 f"{self.num_classes} label ids (background + {self.num_classes - 1} classes); "
                 "set them equal in the config"
             )
+
+    def on_fit_start(self) -> None:
+        # A net that says training from its random init is a mistake (DeepLabV2 with freeze_bn
+        # and no init weights): warned here, where training really starts from it.
+        warning = getattr(self.net, "random_init_warning", None)
+        message = warning() if callable(warning) else None
+        if message and self.trainer.ckpt_path is None and self.trainer.is_global_zero:
+            log.warning(message)
 
     @property
     def label_names(self) -> list[str]:

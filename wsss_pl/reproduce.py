@@ -4,8 +4,11 @@ Stages, each a real ``python -m wsss_pl`` command in a subprocess (so ``--gpus N
 them as Lightning DDP on N devices) except ``score`` (in this process), logged to
 ``<out>/logs/<stage>.log``:
 
-1. ``label``: fetch data and weights when missing, Grounding DINO + SAM pseudo-labels for the
-   training split on all GPUs, into ``<out>/pseudo_labels`` (resumable);
+0. ``fetch``: every weight and the dataset the config needs (``python -m wsss_pl fetch``): one
+   table, downloads where allowed (the dataset too: ``download: true``); offline, one line per
+   missing item with its config key, its path and how to get it elsewhere, and the run stops;
+1. ``label``: Grounding DINO + SAM pseudo-labels for the training split on all GPUs, into
+   ``<out>/pseudo_labels`` (resumable);
 2. ``score``: pseudo-label mIoU against ground truth, as WSSS papers report it (VOC: ``train``,
    1,464 ids, and ``train_aug``, 10,582; COCO: ``train``);
 3. ``fit``: DeepLab-v2 on the pseudo-labels;
@@ -51,7 +54,7 @@ from wsss_pl.errors import WsssError
 from wsss_pl.options import CommandParser
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STAGES = ("label", "score", "fit", "test", "predict")
+STAGES = ("fetch", "label", "score", "fit", "test", "predict")
 
 
 class ReproductionError(WsssError):
@@ -242,9 +245,10 @@ class Reproduction:
             f"[reproduce] {stage}: exit {code} after {seconds:.0f} s (log: {log_path})", flush=True
         )
         if code != 0:
+            # The stage's output was shown above (not in a dry run): its error is not repeated.
+            said = "its error is above" if not self.dry_run else _last_error(lines)
             raise ReproductionError(
-                f"stage {stage!r} failed with exit code {code}: {_last_error(lines)} "
-                f"(full log: {log_path})"
+                f"stage {stage!r} failed with exit code {code}: {said} (full log: {log_path})"
             )
         return "".join(lines)
 
@@ -267,6 +271,12 @@ class Reproduction:
         from wsss_pl.data.synthetic import make_synthetic_voc
 
         make_synthetic_voc(self.out / "data", num_train=12, num_val=4, image_size=(96, 128))
+
+    def fetch(self) -> None:
+        # A dry run's tiny models and generated data need nothing: the table is empty.
+        extra = {} if self.dry_run else {"data.source.init_args.download": True}
+        overlay = self._overlay("fetch", extra)
+        self._run("fetch", ["fetch", "--config", str(self.config), "--config", str(overlay)])
 
     def label(self) -> None:
         extra = {} if self.dry_run else {"data.source.init_args.download": True}

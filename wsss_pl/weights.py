@@ -51,6 +51,7 @@ class Checkpoint:
     size_bytes: int | None = None
     archive_member: str | None = None
     unverified: str = ""
+    licence: str = ""
 
     def __post_init__(self) -> None:
         given = (self.sha256 is not None) + (self.sha256_prefix is not None)
@@ -91,6 +92,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
             description="SAM ViT-H (default mask model, 2.4 GiB)",
             size_bytes=2_564_550_879,
+            licence="Apache-2.0",
         ),
         Checkpoint(
             name="sam_vit_l",
@@ -99,6 +101,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
             description="SAM ViT-L (1.2 GiB)",
             size_bytes=1_249_524_607,
+            licence="Apache-2.0",
         ),
         Checkpoint(
             name="sam_vit_b",
@@ -107,6 +110,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
             description="SAM ViT-B (358 MiB)",
             size_bytes=375_042_383,
+            licence="Apache-2.0",
         ),
         # torchvision names its files <arch>-<first 8 hex of sha256>.pth and checks that prefix
         # (torch.hub check_hash); URLs from torchvision 0.29 ResNet*_Weights.IMAGENET1K_V1.
@@ -116,6 +120,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             filename="resnet101-63fe2227.pth",
             sha256_prefix="63fe2227",
             description="torchvision ResNet-101 ImageNet-1k V1 (DeepLab-v2 backbone init)",
+            licence="BSD-3-Clause (torchvision)",
         ),
         Checkpoint(
             name="resnet50_imagenet",
@@ -123,6 +128,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             filename="resnet50-0676ba61.pth",
             sha256_prefix="0676ba61",
             description="torchvision ResNet-50 ImageNet-1k V1",
+            licence="BSD-3-Clause (torchvision)",
         ),
         Checkpoint(  # torchvision 0.29 MobileNet_V3_Large_Weights.IMAGENET1K_V1 (LR-ASPP backbone)
             name="mobilenet_v3_large_imagenet",
@@ -130,6 +136,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             filename="mobilenet_v3_large-8738ca79.pth",
             sha256_prefix="8738ca79",
             description="torchvision MobileNetV3-Large ImageNet-1k V1 (light segmenter backbone)",
+            licence="BSD-3-Clause (torchvision)",
         ),
         # DeepLab-v2's COCO-trained ResNet-101 (the paper's VOC init), the init.caffemodel of
         # the release zip (URL: DeepLab-v2 project page and kazuto1011/deeplab-pytorch
@@ -142,6 +149,7 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             archive_member="init.caffemodel",
             unverified="the DeepLab-v2 release publishes no checksum for this zip or its files",
             description="DeepLab-v2 ResNet-101 COCO init (Caffe, BGR input; the paper's VOC init)",
+            licence="not stated by the DeepLab-v2 release",
         ),
     )
 }
@@ -435,12 +443,10 @@ def resolve_hub_model(
             "holds config.json and the weights, or a known model name: " + ", ".join(HUB_MODELS)
         )
     model = _hub_model(str(name_or_dir))
-    offline = not download or os.environ.get("HF_HUB_OFFLINE", "").lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-    )
+    fetched = hub_local_dir(model)  # where `wsss_pl fetch` puts it
+    if all((fetched / name).is_file() for name in model.required_files):
+        return str(fetched)
+    offline = not download or hub_offline()
     from huggingface_hub import snapshot_download
 
     try:
@@ -452,11 +458,37 @@ def resolve_hub_model(
             local_files_only=offline,
         )
     except Exception as error:  # hub, network and offline-cache errors all mean the same to users
-        raise WeightsError(_hub_help(model, offline, f"{type(error).__name__}: {error}")) from error
+        reason = (
+            "not in the wsss_pl cache nor in the Hugging Face cache"
+            if offline
+            else "the download from the hub failed"
+        )
+        if os.environ.get("WSSS_PL_DEBUG"):  # the library's own text only when asked for
+            reason += f" ({type(error).__name__}: {_one_line(str(error))})"
+        raise WeightsError(_hub_help(model, offline, reason)) from error
     missing = [name for name in model.required_files if not (Path(local) / name).is_file()]
     if missing:
         raise WeightsError(_hub_help(model, offline, f"{local} lacks {', '.join(missing)}"))
     return str(local)
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network (then nothing is downloaded)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_local_dir(model: HubModel | str) -> Path:
+    """``$WSSS_PL_CACHE/hub/<name>``: the folder ``wsss_pl fetch`` downloads a hub model into
+    (``hf download REPO --local-dir`` layout) and where ``resolve_hub_model`` looks first.
+    Known models use their registry name, other hub ids ``owner--repo``."""
+    if isinstance(model, str):
+        model = _hub_model(model)
+    folder = model.name if model.name in HUB_MODELS else model.repo_id.replace("/", "--")
+    return default_cache_dir().parent / "hub" / folder
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _hub_model(name: str) -> HubModel:
@@ -474,23 +506,22 @@ def _hub_model(name: str) -> HubModel:
 
 
 def _hub_help(model: HubModel, offline: bool, reason: str) -> str:
-    mode = "offline (HF_HUB_OFFLINE=1 or download=False)" if offline else "online"
+    mode = "offline" if offline else "online"
     if model.gated:
         return (
-            f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}.\n"
+            f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}. "
             f"It is gated ({model.licence}): accept its licence at "
-            f"https://huggingface.co/{model.repo_id}, then on a machine with internet run\n"
-            f"    hf auth login && hf download {model.repo_id} --local-dir DIR\n"
-            f"copy DIR here and pass DIR instead of {model.name!r}."
+            f"https://huggingface.co/{model.repo_id}, then on a machine with internet run "
+            f"`hf auth login && hf download {model.repo_id} --local-dir {hub_local_dir(model)}` "
+            f"and copy that folder to the same path here, or pass its path instead of "
+            f"{model.name!r}"
         )
     revision = f" --revision {model.revision}" if model.revision else ""
-    files = " ".join([*model.required_files, *model.optional_files])
     return (
-        f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}.\n"
-        f"On a machine with internet access run\n"
-        f"    hf download {model.repo_id}{revision} {files} --local-dir DIR\n"
-        f"(huggingface_hub < 1.0: huggingface-cli download ... --local-dir DIR), copy DIR here and "
-        f"pass DIR instead of {model.name!r}."
+        f"could not get hub model {model.repo_id} ({mode}): {reason.rstrip('.')}. "
+        f"Where there is internet run `hf download {model.repo_id}{revision} --local-dir "
+        f"{hub_local_dir(model)}` (or `python -m wsss_pl fetch --config CONFIG`) and copy that "
+        f"folder here, or pass a folder's path instead of {model.name!r}"
     )
 
 

@@ -234,13 +234,11 @@ class DeepLabV2(nn.Module):
         )
         self.set_input_convention(convention)
 
+        # Whether training would start from random weights: fit warns then when freeze_bn is on
+        # (not here: labelling, export and checkpoints build the net without init weights).
+        self.random_init = weights is None
         if weights is not None:
             self._load_weights(*weights)
-        elif freeze_bn:
-            log.warning(
-                "DeepLabV2: freeze_bn with a randomly initialised backbone keeps BatchNorm at its "
-                "initial statistics; set pretrained (e.g. resnet101_imagenet) or freeze_bn: false"
-            )
         if freeze_bn:
             for module in self.backbone.modules():
                 if isinstance(module, _BatchNorm):
@@ -301,6 +299,17 @@ class DeepLabV2(nn.Module):
         )
         # The checkpoint's input convention wins: its weights were trained with it.
         self.input_convention = "caffe_bgr" if int(self.caffe_input) else "imagenet_rgb"
+
+    def random_init_warning(self) -> str | None:
+        """What to say when training starts from this net's random init with frozen BatchNorm
+        (``SegmentationModule.on_fit_start`` says it, unless a checkpoint is resumed), else None."""
+        if not (self.random_init and self.freeze_bn):
+            return None
+        return (
+            "DeepLabV2: training starts from a randomly initialised backbone with freeze_bn, which "
+            "keeps BatchNorm at its initial statistics; set model.net.init_args.pretrained (e.g. "
+            "resnet101_imagenet) or freeze_bn: false"
+        )
 
     def train(self, mode: bool = True) -> DeepLabV2:
         """Set train/eval mode; with ``freeze_bn`` the BatchNorm layers stay in eval mode."""
