@@ -136,13 +136,13 @@ class LabelingData(pl.LightningDataModule):
         self.data = data
 
     def prepare_data(self) -> None:
-        self.data.source.prepare_data()
+        self.data.source.prepare_data(stages=("train",))  # the val split need not be there
         self.data.bind_label_device(self.trainer)
         self.data.train_labels.prepare_data(self.data.source)
 
     def setup(self, stage: str) -> None:
         self.data.bind_label_device(self.trainer)
-        self.data.setup("fit")
+        self.data.setup("label")
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
         labels = self.data.train_labels
