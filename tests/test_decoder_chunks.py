@@ -28,8 +28,10 @@ from wsss_pl.labeling.tiny import informative_tiny, vit_b_shaped_sam
 
 @pytest.fixture(scope="module")
 def image(sample_data: Path) -> Tensor:
+    """A 160x200 crop of a real VOC image (small masks keep the tests fast)."""
     path = sorted((sample_data / "voc_sample/VOC2012/JPEGImages").glob("*.jpg"))[0]
-    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+    pixels = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).copy()).permute(2, 0, 1)
+    return pixels[:, 100:260, 150:350].contiguous()
 
 
 def _boxes(image: Tensor, count: int, seed: int = 0) -> Tensor:
@@ -43,12 +45,24 @@ def _boxes(image: Tensor, count: int, seed: int = 0) -> Tensor:
 
 
 @pytest.fixture(scope="module")
-def vit_b() -> SamSegmenter:
-    """SAM ViT-B's real 256-wide decoder (random weights) at a 256 px input."""
-    return SamSegmenter(vit_b_shaped_sam(256), encoder_batch_size=1, fixed_batch=True)
+def vit_b(image: Tensor) -> tuple[SamSegmenter, dict, tuple[int, int]]:
+    """SAM ViT-B's real 256-wide decoder (random weights) at a 256 px input, and the decoder
+    inputs of ``image`` (encoded once: these tests are about the decoder)."""
+    segmenter = SamSegmenter(vit_b_shaped_sam(256), encoder_batch_size=1, fixed_batch=True)
+    pixels, input_size = segmenter._input_image(image)
+    with torch.no_grad():
+        (inputs,) = segmenter._encode(pixels[None])
+    return segmenter, inputs, input_size
 
 
 def _segment(segmenter, image: Tensor, boxes: Tensor, chunk: int, fixed: bool = True):
+    """(masks, scores) of ``boxes`` through ``segmenter`` (or, for the ``vit_b`` fixture, its
+    decoder on the cached embedding) at decoder chunks of ``chunk``."""
+    if isinstance(segmenter, tuple):
+        segmenter, inputs, input_size = segmenter
+        segmenter.decoder_batch_size, segmenter.fixed_batch = chunk, fixed
+        with torch.no_grad():
+            return segmenter._decode(inputs, boxes, input_size, image)
     segmenter.decoder_batch_size, segmenter.fixed_batch = chunk, fixed
     ((masks, scores),) = segmenter([image], [boxes])
     return masks, scores
@@ -78,7 +92,7 @@ def test_chunks_equal_one_call_on_the_padded_chunk(vit_b, image) -> None:
         one_masks, one_scores = _segment(vit_b, image, call, 1000, fixed=False)
         n = rows.stop - rows.start
         assert torch.equal(masks[rows], one_masks[:n]) and torch.equal(scores[rows], one_scores[:n])
-    counts = vit_b.padding["sam_decoder"]
+    counts = vit_b[0].padding["sam_decoder"]
     assert counts.rows >= 8 and counts.padding >= 1
 
 

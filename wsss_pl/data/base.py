@@ -11,6 +11,7 @@ Sample (``SegmentationDataset.__getitem__``, CPU, in a DataLoader worker; never 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -120,6 +121,15 @@ class DatasetSource(ABC):
     @abstractmethod
     def dataset(self, stage: Stage) -> SegmentationDataset:
         """The dataset of a stage; raises DataError if that stage has no split configured."""
+
+
+def prepare_source(source: DatasetSource, stages: Collection[Stage] | None = None) -> None:
+    """``source.prepare_data`` for ``stages``; a source whose ``prepare_data`` takes no
+    ``stages`` (a user's own, written before it existed) checks everything as it always did."""
+    if stages is not None and "stages" in inspect.signature(source.prepare_data).parameters:
+        source.prepare_data(stages=stages)
+    else:
+        source.prepare_data()
 
 
 def wanted_splits(

@@ -27,6 +27,7 @@ from PIL import Image
 
 from wsss_pl.callbacks import disagreement, log_review, review_dir
 from wsss_pl.classes import IGNORE_INDEX
+from wsss_pl.data.base import prepare_source
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.label_sources import LabeledDataset
@@ -136,7 +137,7 @@ class LabelingData(pl.LightningDataModule):
         self.data = data
 
     def prepare_data(self) -> None:
-        self.data.source.prepare_data(stages=("train",))  # the val split need not be there
+        prepare_source(self.data.source, ("train",))  # the val split need not be there
         self.data.bind_label_device(self.trainer)
         self.data.train_labels.prepare_data(self.data.source)
 
