@@ -409,7 +409,7 @@ def report_padding(labels: OnlinePseudoLabels) -> None:
         if count.share > PADDING_WARNING:
             log.warning(
                 "%s: %.0f %% of its rows were padding (compute spent on no image or box); "
-                "lower %s to pad less",
+                "to pad less, lower %s",
                 name, 100 * count.share, PADDING_SETTINGS.get(name, "its batch size"),
             )  # fmt: skip
 
