@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from cli_runner import DEMO_CONFIG, REPO, run_cli, run_cli_in_process
-from wsss_pl.classes import VOC
 from wsss_pl.data.synthetic import make_synthetic_voc
 from wsss_pl.data.synthetic_coco import make_synthetic_coco
 from wsss_pl.errors import DataError
@@ -129,4 +128,13 @@ def test_voc_label_checks_only_the_train_split(tmp_path: Path) -> None:
     source.prepare_data(stages=("train",))
     with pytest.raises(DataError, match="val"):
         source.prepare_data()
-    assert VOC.num_classes == 21
+
+
+def test_folder_label_needs_no_val_labels_file(tmp_path: Path) -> None:
+    from wsss_pl.data.folder import ImageFolder
+
+    (tmp_path / "labels.json").write_text("{}")
+    source = ImageFolder(str(tmp_path), ["dog"], val_labels="val_labels.json")
+    source.prepare_data(stages=("train",))
+    with pytest.raises(DataError, match="val_labels.json"):
+        source.prepare_data(stages=["train", "val"])

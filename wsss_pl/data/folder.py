@@ -249,7 +249,9 @@ class ImageFolder(DatasetSource):
             raise DataError(
                 f"image folder {self.root} does not exist; set root to your image folder"
             )
-        needed = (self.train_labels, None if stages == ("train",) else self.val_labels)
+        # val_labels serves every stage but train (see ``dataset``)
+        other = stages is None or any(stage != "train" for stage in stages)
+        needed = (self.train_labels, self.val_labels if other else None)
         for labels in needed:
             if labels is not None and not _resolve(labels, self.root).is_file():
                 raise DataError(
