@@ -144,8 +144,9 @@ def _xml_swapped(data: Path, ids: list[str]) -> tuple[dict[str, Any], tuple[str,
 
 
 def _xml_outside(data: Path, ids: list[str]) -> tuple[dict[str, Any], tuple[str, ...]]:
-    _voc_xml(data / "VOC2012" / "Annotations" / f"{ids[0]}.xml", (10, 5, 300, 20))
-    return {}, (f"{ids[0]}.xml", "[9.0, 4.0, 300.0, 20.0]", "outside the 64x48 image")
+    # Past the right edge entirely (a box that only reaches past it is clipped, not refused).
+    _voc_xml(data / "VOC2012" / "Annotations" / f"{ids[0]}.xml", (70, 5, 300, 20))
+    return {}, (f"{ids[0]}.xml", "[69.0, 4.0, 300.0, 20.0]", "does not overlap the 64x48 image")
 
 
 def _yolo(line: str) -> Callable[[Path, list[str]], tuple[dict[str, Any], tuple[str, ...]]]:
@@ -189,7 +190,10 @@ BOX_CASES = {
         lambda ids: {ids[0]: _dog(["1", 2, 11, 12])}, "'{id}'", "['1', 2, 11, 12]", "4 finite"
     ),
     "json_outside_image": _json(
-        lambda ids: {ids[0]: _dog([10, 5, 11, 400])}, "id '{id}'", "outside the 64x48 image"
+        lambda ids: {ids[0]: _dog([10, 48, 11, 400])}, "id '{id}'", "not overlap the 64x48 image"
+    ),
+    "json_left_of_image": _json(
+        lambda ids: {ids[0]: _dog([-30, 5, 0, 20])}, "id '{id}'", "[-30.0, 5.0, 0.0, 20.0]"
     ),
 }
 

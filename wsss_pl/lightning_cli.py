@@ -37,6 +37,7 @@ from wsss_pl.callbacks import (
     review_dir,
 )
 from wsss_pl.cli import PROG, _config_paths, explain_argument_error
+from wsss_pl.data.base import Stage, prepare_source
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.module import SegmentationModule
 from wsss_pl.progress import format_duration, is_terminal
@@ -233,12 +234,13 @@ class SaveRunConfig(SaveConfigCallback):
                 self.saved_path = None
 
 
-def _check_data_first(config: Any) -> None:
+def _check_data_first(config: Any, stages: tuple[Stage, ...] | None = None) -> None:
     """Check that the dataset is there before anything is built: the model's constructor loads
     (and may download) its pretrained weights, so without this a missing dataset is reported as
     missing ResNet weights. Builds the configured source alone and runs its ``prepare_data``
     check; ``download: true`` sources are fetched later by ``prepare_data`` as before. Only the
-    launching process checks (DDP children start after it).
+    launching process checks (DDP children start after it). ``stages``: only their splits are
+    checked (``label``: the training split); None checks every configured split.
     """
     source_config = config.get("data.source")
     if not _is_rank_zero_process() or not isinstance(source_config, Namespace):
@@ -252,7 +254,7 @@ def _check_data_first(config: Any) -> None:
         source = getattr(importlib.import_module(module), name)(**values)
     except (ImportError, AttributeError, TypeError, ValueError):
         return  # the full instantiation reports a bad source config as before
-    source.prepare_data()
+    prepare_source(source, stages)
 
 
 def _check_weights_first(config: Any, command: str) -> None:
@@ -417,6 +419,9 @@ class WsssCLI(LightningCLI):
     """LightningCLI with the class names linked from the data module into the model, W&B that
     falls back to offline, plain progress lines off a terminal and a closing summary."""
 
+    # The stages whose splits must be in place before anything is built (None: every split).
+    data_stages: tuple[Stage, ...] | None = None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
             "data",
@@ -489,7 +494,7 @@ class WsssCLI(LightningCLI):
             _version_prediction_folders(config)
         if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path"):
             _net_weights_from_checkpoint(config)
-        _check_data_first(config)
+        _check_data_first(config, self.data_stages)
         _check_weights_first(config, self.subcommand or "label")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
@@ -656,6 +661,8 @@ def summary_lines(command: str, trainer: Any, model: Any) -> list[str]:
 class LabelCLI(WsssCLI):
     """The ``label`` command's CLI: same config, but the segmentation net is never trained, so
     it is built without its pretrained checkpoint (no ResNet download for a labelling pass)."""
+
+    data_stages = ("train",)  # it labels the training split: val / test need not be there
 
     def before_instantiate_classes(self) -> None:
         init_args = self.config.get("model.net.init_args")

@@ -11,9 +11,11 @@ Sample (``SegmentationDataset.__getitem__``, CPU, in a DataLoader worker; never 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -108,12 +110,34 @@ class DatasetSource(ABC):
     def name(self) -> str:
         return self.vocabulary.name
 
-    def prepare_data(self) -> None:  # noqa: B027 - optional hook
-        """Download or check the data (rank 0 only)."""
+    def prepare_data(self, stages: Collection[Stage] | None = None) -> None:  # noqa: B027
+        """Download or check the data (rank 0 only; an optional hook).
+
+        Args:
+            stages: the stages about to run (``label`` passes ``("train",)``): only their
+                splits need to be in place; None checks every configured split.
+        """
 
     @abstractmethod
     def dataset(self, stage: Stage) -> SegmentationDataset:
         """The dataset of a stage; raises DataError if that stage has no split configured."""
+
+
+def prepare_source(source: DatasetSource, stages: Collection[Stage] | None = None) -> None:
+    """``source.prepare_data`` for ``stages``; a source whose ``prepare_data`` takes no
+    ``stages`` (a user's own, written before it existed) checks everything as it always did."""
+    if stages is not None and "stages" in inspect.signature(source.prepare_data).parameters:
+        source.prepare_data(stages=stages)
+    else:
+        source.prepare_data()
+
+
+def wanted_splits(
+    splits: dict[Stage, str | None], stages: Collection[Stage] | None = None
+) -> list[str]:
+    """The distinct configured split names of ``stages`` (None: of every stage), in order."""
+    chosen = splits if stages is None else {s: splits.get(s) for s in stages}
+    return list(dict.fromkeys(s for s in chosen.values() if s is not None))
 
 
 def configured_split(splits: dict[Stage, str | None], stage: Stage, source: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from wsss_pl.data.base import (
     check_files_exist,
     configured_split,
     inside_root,
+    wanted_splits,
 )
 from wsss_pl.errors import DataError, UnknownClassError
 from wsss_pl.io import read_json
@@ -285,10 +287,11 @@ class COCO(DatasetSource):
         self.skip_corrupt = skip_corrupt
         self.vocabulary = COCO_VOCABULARY
 
-    def _missing(self) -> list[Path]:
-        """Annotation files and image folders of the configured splits that are not there."""
+    def _missing(self, stages: Collection[Stage] | None = None) -> list[Path]:
+        """Annotation files and image folders of the splits of ``stages`` (None: all configured
+        splits) that are not there."""
         missing: list[Path] = []
-        for split in dict.fromkeys(s for s in self.splits.values() if s is not None):
+        for split in wanted_splits(self.splits, stages):
             for path in (
                 self.root / f"{split}{self.year}",
                 self.root / "annotations" / f"instances_{split}{self.year}.json",
@@ -297,13 +300,13 @@ class COCO(DatasetSource):
                     missing.append(path)
         return missing
 
-    def prepare_data(self) -> None:
-        missing = self._missing()
+    def prepare_data(self, stages: Collection[Stage] | None = None) -> None:
+        missing = self._missing(stages)
         if missing and self.download:
             from wsss_pl.data.download import download_coco  # lazy: network code only when asked
 
             download_coco(self.root, self.year)
-            missing = self._missing()
+            missing = self._missing(stages)
         if missing:
             raise DataError(
                 f"COCO data is not in place: missing {', '.join(map(str, missing))}. "

@@ -133,11 +133,12 @@ class WSSSDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         wanted: dict[str, tuple[Stage, ...]] = {
             "fit": ("train", "val"),
+            "label": ("train",),  # the label pass: the training split and its labels only
             "validate": ("val",),
             "test": ("test",),
             "predict": ("predict",),
         }
-        if stage == "fit":
+        if stage in ("fit", "label"):
             self.bind_label_device()
             self.train_labels.setup(self.source)
             # Reproducible with seed_everything, and different on every rank.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -243,12 +244,15 @@ class ImageFolder(DatasetSource):
         self.skip_missing = skip_missing
         self.skip_corrupt = skip_corrupt
 
-    def prepare_data(self) -> None:
+    def prepare_data(self, stages: Collection[Stage] | None = None) -> None:
         if not self.root.is_dir():
             raise DataError(
                 f"image folder {self.root} does not exist; set root to your image folder"
             )
-        for labels in (self.train_labels, self.val_labels):
+        # val_labels serves every stage but train (see ``dataset``)
+        other = stages is None or any(stage != "train" for stage in stages)
+        needed = (self.train_labels, self.val_labels if other else None)
+        for labels in needed:
             if labels is not None and not _resolve(labels, self.root).is_file():
                 raise DataError(
                     f"labels file {labels} not found in {self.root} or the working directory; "

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -341,7 +341,7 @@ class SyntheticVOC(DatasetSource):
         height, width = self.image_size
         return f"synthetic_voc_v{GENERATOR_VERSION}_seed{self.seed}_{height}x{width}"
 
-    def prepare_data(self) -> None:
+    def prepare_data(self, stages: Collection[Stage] | None = None) -> None:
         make_synthetic_voc(self.root, self.num_train, self.num_val, self.image_size, self.seed)
 
     def dataset(self, stage: Stage) -> SegmentationDataset:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -45,6 +45,7 @@ from wsss_pl.data.base import (
     check_files_exist,
     configured_split,
     inside_root,
+    wanted_splits,
 )
 from wsss_pl.errors import CorruptFileError, DataError, UnknownClassError
 from wsss_pl.io import read_json, read_label
@@ -396,26 +397,27 @@ class VOC(DatasetSource):
         self.skip_corrupt = skip_corrupt
         self.vocabulary = VOC_VOCABULARY
 
-    def _problems(self) -> list[str]:
-        """What is missing for the configured splits (empty when the data is in place)."""
+    def _problems(self, stages: Collection[Stage] | None = None) -> list[str]:
+        """What is missing for the splits of ``stages`` (None: every configured split; empty
+        when the data is in place)."""
         base = find_voc_base(self.root)
         if base is None:
             return [f"{self.root} has no VOC2012/JPEGImages (nor VOCdevkit/VOC2012/JPEGImages)"]
         problems = []
-        for split in dict.fromkeys(s for s in self.splits.values() if s is not None):
+        for split in wanted_splits(self.splits, stages):
             try:
                 resolve_split(split, base, self.root)
             except DataError as error:
                 problems.append(str(error))
         return problems
 
-    def prepare_data(self) -> None:
-        problems = self._problems()
+    def prepare_data(self, stages: Collection[Stage] | None = None) -> None:
+        problems = self._problems(stages)
         if problems and self.download:
             from wsss_pl.data.download import download_voc  # lazy: network code only when asked
 
             download_voc(self.root)
-            problems = self._problems()
+            problems = self._problems(stages)
         if problems:
             raise DataError(f"VOC data is not in place: {'; '.join(problems)}. {_WHAT_TO_GET}")
 

@@ -16,6 +16,11 @@ Box sources (all converted to xyxy float pixels, 0-based, x2/y2 exclusive):
 - ``box_file``: JSON ``{id: [{"box": [x1, y1, x2, y2], "class": name, "crowd": false}, ...]}``
   in pixels, or a directory of YOLO ``<id>.txt`` files (``class_index cx cy w h``, normalised to
   [0, 1]; class_index 0-based in the dataset's class order).
+
+A box reaching past the image edge is clipped to the image (as torchvision, detectron2 and mmdet
+do) and counted (``clipped_boxes`` in the label-pass report); a box that does not overlap its
+image at all, or that is not 4 finite numbers with x2 > x1 and y2 > y1, is a DataError naming
+the file and the box.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from wsss_pl.labeling.merge import (
 )
 from wsss_pl.labeling.online import TINY, OnlinePseudoLabels
 from wsss_pl.labeling.segmenters import SegmenterSpec
+from wsss_pl.labeling.segmenters.chunks import DEFAULT_DECODER_BATCH_SIZE
 from wsss_pl.labeling.storage.cache import encode_rle
 
 log = logging.getLogger(__name__)
@@ -93,10 +99,6 @@ class ImageBoxes:
 
 
 # --- checking boxes -------------------------------------------------------------------------
-# A box may pass the image border by this many pixels (annotation tools round): more is an error.
-BORDER_TOLERANCE = 1.0
-
-
 def check_box(box: Any, where: str) -> list[float]:
     """``box`` as 4 floats xyxy, or a one-line DataError naming ``where`` and the box: each value
     a finite number (not a string or bool) and x2 > x1, y2 > y1."""
@@ -112,19 +114,41 @@ def check_box(box: Any, where: str) -> list[float]:
     return [float(v) for v in box]
 
 
-def check_inside(boxes: ImageBoxes, height: int, width: int, where: str) -> None:
-    """A DataError naming ``where`` and the first box that leaves the ``height`` x ``width``
-    image by more than ``BORDER_TOLERANCE`` pixels (a box in the wrong units or image)."""
+def check_overlap(boxes: ImageBoxes, height: int, width: int, where: str) -> None:
+    """A DataError naming ``where`` and the first box that does not overlap the ``height`` x
+    ``width`` image at all (a box in other units or of another image: clipping would leave
+    nothing of it)."""
     if len(boxes.boxes) == 0:
         return
-    low, high = -BORDER_TOLERANCE, torch.tensor([width, height, width, height]) + BORDER_TOLERANCE
-    outside = ((boxes.boxes < low) | (boxes.boxes > high)).any(dim=1)
-    if bool(outside.any()):
-        box = [round(v, 2) for v in boxes.boxes[int(outside.nonzero()[0])].tolist()]
+    xyxy = boxes.boxes
+    disjoint = (
+        (xyxy[:, 0] >= width) | (xyxy[:, 1] >= height) | (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0)
+    )
+    if bool(disjoint.any()):
+        box = [round(v, 2) for v in xyxy[int(disjoint.nonzero()[0])].tolist()]
         raise DataError(
-            f"{where}: box {box} (xyxy, 0-based) lies outside the {width}x{height} image; "
-            "fix the box or its file"
+            f"{where}: box {box} (xyxy, 0-based) does not overlap the {width}x{height} image; "
+            "fix the box or its file (other units, or another image's box?)"
         )
+
+
+def clip_to_image(boxes: ImageBoxes, height: int, width: int, where: str) -> tuple[ImageBoxes, int]:
+    """Boxes clipped to the ``height`` x ``width`` image, and how many were clipped.
+
+    A box reaching past the image edge (detectors and annotation tools commonly give them; as
+    torchvision / detectron2 / mmdet do) keeps its part inside the image; a box that does not
+    overlap the image at all is a DataError naming ``where`` (``check_overlap``).
+
+    Returns:
+        (boxes float32 [N, 4] within [0, width] x [0, height], number of boxes that changed).
+    """
+    check_overlap(boxes, height, width, where)
+    if len(boxes.boxes) == 0:
+        return boxes, 0
+    limit = torch.tensor([width, height, width, height], dtype=boxes.boxes.dtype)
+    clipped = torch.minimum(boxes.boxes.clamp(min=0), limit)
+    changed = int((clipped != boxes.boxes).any(dim=1).sum())
+    return ImageBoxes(clipped, boxes.labels, boxes.crowd), changed
 
 
 def box_pixels(box: list[float]) -> tuple[slice, slice]:
@@ -205,12 +229,12 @@ def voc_xml_boxes(
         xyxy = check_box([coords[0] - 1, coords[1] - 1, coords[2], coords[3]], f"{path}: {name!r}")
         rows.append((xyxy, vocabulary.label_id(name), False))
     boxes = ImageBoxes.from_rows(rows)
-    try:  # the size the annotation was drawn on; boxes_of checks again on the decoded image
+    try:  # the size the annotation was drawn on; boxes_of clips to the decoded image
         height, width = (int(root.findtext(f"size/{k}") or "") for k in ("height", "width"))
     except ValueError:
         return boxes
     if height > 0 and width > 0:
-        check_inside(boxes, height, width, str(path))
+        check_overlap(boxes, height, width, str(path))
     return boxes
 
 
@@ -455,8 +479,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             (formats in the module docstring).
         include_difficult: VOC objects marked ``difficult`` are prompted too.
         crowd: crowd boxes -> 255 over the whole box (``box``) or over SAM's mask (``mask``).
-        sam_type, sam_checkpoint, sam_encoder_batch_size, precision, download, segmenter: as
-            ``OnlinePseudoLabels`` (``segmenter`` picks HQ-SAM etc. instead of SAM).
+        sam_type, sam_checkpoint, sam_encoder_batch_size, sam_decoder_batch_size, precision, download, segmenter: as ``OnlinePseudoLabels`` (``segmenter`` picks HQ-SAM etc. instead of SAM).
         image_resize: SAM input resize, ``pil`` (as ``SamPredictor.set_image``) or ``tensor``.
         batch_mode: ``fixed`` (default): the SAM encoder runs exactly
             ``sam_encoder_batch_size`` images per forward (bit-identical labels whatever the
@@ -485,6 +508,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
         image_resize: Literal["pil", "tensor"] = "pil",
         batch_mode: BatchMode = "fixed",
         cpu_threads: int = 1,
+        sam_decoder_batch_size: int = DEFAULT_DECODER_BATCH_SIZE,
     ) -> None:
         if missing_class_policy not in ("leave", "ignore_background"):
             raise ValueError(
@@ -502,6 +526,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             conflict=conflict,
             missing_class_policy=missing_class_policy,
             sam_encoder_batch_size=sam_encoder_batch_size,
+            sam_decoder_batch_size=sam_decoder_batch_size,
             precision=precision,
             download=download,
             segmenter=segmenter,
@@ -518,6 +543,9 @@ class BoxPromptLabels(OnlinePseudoLabels):
         self._boxes_path: Path | None = None  # the JSON box file or COCO instances file read
         self._boxes_digest: str | None = None
         self._pending: list[ImageBoxes] = []
+        self.num_clipped_boxes = 0  # boxes past the image edge, clipped (label-pass report)
+
+    uses_detector = False  # boxes come from the data
 
     # --- boxes ---------------------------------------------------------------------------
     def _load_boxes(self, source: DatasetSource) -> None:
@@ -578,7 +606,8 @@ class BoxPromptLabels(OnlinePseudoLabels):
         )
 
     def boxes_of(self, sample_id: str, height: int, width: int) -> ImageBoxes:
-        """The boxes of ``sample_id`` (an id without boxes has none: all background)."""
+        """The boxes of ``sample_id`` clipped to the image (an id without boxes has none: all
+        background); boxes past the edge are counted in ``num_clipped_boxes``."""
         assert self.vocabulary is not None
         if self._voc_annotations is not None:
             path = self._voc_annotations / f"{sample_id}.xml"
@@ -594,7 +623,8 @@ class BoxPromptLabels(OnlinePseudoLabels):
             assert self.boxes is not None
             boxes = self.boxes.get(sample_id, ImageBoxes.empty())
             path = self._boxes_path or Path("boxes")
-        check_inside(boxes, height, width, f"{path}: id {sample_id!r}")
+        boxes, clipped = clip_to_image(boxes, height, width, f"{path}: id {sample_id!r}")
+        self.num_clipped_boxes += clipped
         return boxes
 
     # --- the online source's hooks -------------------------------------------------------
@@ -643,6 +673,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
                 self.sam_type, self._sam_weights()["path"], **options
             )
         segmenter.fixed_batch = self.batch_mode == "fixed"
+        segmenter.decoder_batch_size = self.sam_decoder_batch_size
         assert self.vocabulary is not None
         return BoxLabeler(
             segmenter,

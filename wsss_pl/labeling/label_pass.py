@@ -27,6 +27,7 @@ from PIL import Image
 
 from wsss_pl.callbacks import disagreement, log_review, review_dir
 from wsss_pl.classes import IGNORE_INDEX
+from wsss_pl.data.base import prepare_source
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.label_sources import LabeledDataset
@@ -136,13 +137,13 @@ class LabelingData(pl.LightningDataModule):
         self.data = data
 
     def prepare_data(self) -> None:
-        self.data.source.prepare_data()
+        prepare_source(self.data.source, ("train",))  # the val split need not be there
         self.data.bind_label_device(self.trainer)
         self.data.train_labels.prepare_data(self.data.source)
 
     def setup(self, stage: str) -> None:
         self.data.bind_label_device(self.trainer)
-        self.data.setup("fit")
+        self.data.setup("label")
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
         labels = self.data.train_labels
@@ -339,11 +340,17 @@ def run_label_pass(trainer: pl.Trainer, data: WSSSDataModule) -> int:
     seconds = time.perf_counter() - start
     assert labels.cache is not None
     report = labels.cache.directory / "label_pass" / f"rank{trainer.global_rank}.json"
+    padding = {
+        name: {"rows": count.rows, "padding_rows": count.padding, "share": round(count.share, 4)}
+        for name, count in labels.padding().items()
+    }
+    clipped = getattr(labels, "num_clipped_boxes", None)  # box prompts only
     try:
         write_json(
             report,
             {"labelled": module.labelled_ids, "cached": module.num_cached, "seconds": round(seconds, 3),
-             "missing_classes": dict(labels.missing_counts), "unmatched_boxes": labels.num_unmatched_boxes},
+             "missing_classes": dict(labels.missing_counts), "unmatched_boxes": labels.num_unmatched_boxes,
+             "padding": padding, **({} if clipped is None else {"clipped_boxes": clipped})},
         )  # fmt: skip
     except OSError as error:  # e.g. a complete cache on read-only storage: the labels are fine
         log.warning("label-pass report %s not written (%s); skipped", report, error.strerror)
@@ -370,6 +377,54 @@ def _write_quality(data: WSSSDataModule, result: LabelEvaluation) -> None:
         log.warning("pseudo-label quality %s not written (%s); skipped", path, error.strerror)
 
 
+PADDING_WARNING = 0.25  # warn when more than this share of a model's rows were padding
+# The setting that lowers each model's padding, as a config key.
+PADDING_SETTINGS = {
+    "detector": (
+        "data.train_labels.init_args.detector_batch_size (same-shape images per detector "
+        "forward; mixed image sizes leave most forwards short)"
+    ),
+    "sam_encoder": (
+        "data.train_labels.init_args.sam_encoder_batch_size (or raise data.batch_size: each "
+        "labelling call pads only its last encoder batch)"
+    ),
+    "sam_decoder": (
+        "data.train_labels.init_args.sam_decoder_batch_size (boxes per decoder call; fewer "
+        "pad less but make more calls for crowded images)"
+    ),
+}
+
+
+# SAM's decoder is about 1 % of a label's compute on a GPU, so its padding is worth a warning only
+# where every decoder row costs real time: on a CPU (about 1 s per padded row for ViT-B, measured
+# by scripts/bench_decoder_chunks.py). On a GPU its share is printed, not warned about: a VOC image
+# has 1-4 boxes, so a chunk of 8 is mostly padding on every run.
+WARN_ONLY_ON_CPU = frozenset({"sam_decoder"})
+
+
+def report_padding(labels: OnlinePseudoLabels) -> None:
+    """Print each model's share of padding rows (this rank; ``batch_mode: fixed`` pads short
+    batches to a fixed size) and warn, naming the setting that lowers it, above 25 % (the SAM
+    decoder only when labelling on a CPU)."""
+    counts = labels.padding()
+    if not counts:
+        return
+    shown = ", ".join(
+        f"{name} {100 * c.share:.0f} % ({c.padding} of {c.rows} rows)" for name, c in counts.items()
+    )
+    print(f"padding rows per model (rank 0): {shown}")
+    on_cpu = labels.device is None or labels.device.type == "cpu"
+    for name, count in counts.items():
+        if name in WARN_ONLY_ON_CPU and not on_cpu:
+            continue
+        if count.share > PADDING_WARNING:
+            log.warning(
+                "%s: %.0f %% of its rows were padding (compute spent on no image or box); "
+                "to pad less, lower %s",
+                name, 100 * count.share, PADDING_SETTINGS.get(name, "its batch size"),
+            )  # fmt: skip
+
+
 WORST_TABLE_ROWS = 100  # rows of the W&B table of the worst pseudo-labels
 
 
@@ -393,6 +448,10 @@ def _report(
     missing = data.train_labels.missing_counts  # type: ignore[attr-defined]
     if missing:
         print("prompted classes without a box (rank 0):", dict(missing.most_common()))
+    clipped = getattr(data.train_labels, "num_clipped_boxes", None)
+    if clipped is not None:
+        print(f"boxes past the image edge, clipped to it (rank 0): {clipped}")
+    report_padding(data.train_labels)  # type: ignore[arg-type]
     _log_review(trainer, module)
     scores = module.scores
     if scores is None or module.totals is None or int(module.totals[0].sum()) == 0:

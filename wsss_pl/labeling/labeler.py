@@ -50,7 +50,7 @@ class PseudoLabeler(nn.Module):
     Args:
         detector: boxes per prompted class (box threshold 0.3 / text threshold 0.25 in the paper);
             any detector of ``wsss_pl.labeling.detectors``.
-        segmenter: SAM, one mask per box, all boxes of an image in one decoder call; None when
+        segmenter: SAM, one mask per box, an image's boxes in decoder chunks; None when
             the detector makes the masks itself (SAM 3: ``Detections.masks``).
         vocabulary: class names, prompt names and assist words.
         merge_policy: which mask owns overlapping pixels (``paper``: later detection wins).

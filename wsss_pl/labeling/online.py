@@ -39,6 +39,7 @@ from wsss_pl.labeling.rules import (
     Preset,
 )
 from wsss_pl.labeling.segmenters import SegmenterSpec
+from wsss_pl.labeling.segmenters.chunks import DEFAULT_DECODER_BATCH_SIZE, PaddingCounts
 from wsss_pl.labeling.storage.cache import PseudoLabelCache
 from wsss_pl.labeling.storage.corrections import CORRECTIONS_DIR, CorrectionsLayer
 from wsss_pl.labeling.storage.writer import CacheWriter, to_cpu_once
@@ -152,6 +153,9 @@ class OnlinePseudoLabels(LabelSource):
         detector_pad_to_canvas: pad every image to a fixed canvas (by orientation) instead of
             running it at its own size; costs compute on the padding.
         sam_encoder_batch_size: images per SAM image-encoder call (exactly, in ``fixed`` mode).
+        sam_decoder_batch_size: boxes per SAM mask-decoder call (exactly, copies of the last box
+            filling a short chunk, in ``fixed`` mode): bounds the decoder's memory whatever an
+            image's box count (``wsss_pl.labeling.segmenters.chunks``). Fingerprinted.
         precision: ``32`` (the paper) or ``bf16`` autocast for both models (much faster on
             recent GPUs; boxes and masks can differ slightly, so it is part of the fingerprint).
         download: fetch missing checkpoints (with checksums) when the machine has internet.
@@ -188,6 +192,7 @@ class OnlinePseudoLabels(LabelSource):
         detector_pad_to_canvas: bool = False,
         sam_encoder_batch_size: int = 4,
         detector_batch_size: int = 4,
+        sam_decoder_batch_size: int = DEFAULT_DECODER_BATCH_SIZE,
         cpu_threads: int = 1,
         precision: Literal["32", "bf16"] = "32",
         download: bool = True,
@@ -212,6 +217,7 @@ class OnlinePseudoLabels(LabelSource):
         for key, value in (
             ("detector_batch_size", detector_batch_size),
             ("sam_encoder_batch_size", sam_encoder_batch_size),
+            ("sam_decoder_batch_size", sam_decoder_batch_size),
             ("cpu_threads", cpu_threads),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -239,6 +245,7 @@ class OnlinePseudoLabels(LabelSource):
         self.detector_image_size = detector_image_size
         self.detector_pad_to_canvas = detector_pad_to_canvas
         self.sam_encoder_batch_size = sam_encoder_batch_size
+        self.sam_decoder_batch_size = sam_decoder_batch_size
         self.precision = precision
         self.download = download
         self.exclusion_words = exclusion_words
@@ -254,6 +261,7 @@ class OnlinePseudoLabels(LabelSource):
         self.num_labelled = 0
         self.missing_counts: Counter[str] = Counter()
         self.num_unmatched_boxes = 0
+        self.detector_padding = PaddingCounts()  # image rows of the detector, fixed mode
         # The last few labelled samples (CPU copies), for the W&B review of boxes and masks.
         self.recent: list[dict[str, Any]] = []
 
@@ -319,6 +327,8 @@ class OnlinePseudoLabels(LabelSource):
             batching["caption_tokens"] = CAPTION_TOKENS
         if self.batch_mode != "per_image":
             batching["sam_encoder_batch_size"] = self.sam_encoder_batch_size
+        if not self.detector_spec.provides_masks:  # chunks change bits in every mode
+            batching["sam_decoder_batch_size"] = self.sam_decoder_batch_size
         batching["environment"] = environment(self.device or "cpu", self.cpu_threads)
         return batching
 
@@ -419,6 +429,7 @@ class OnlinePseudoLabels(LabelSource):
             )
         if segmenter is not None:
             segmenter.fixed_batch = self.batch_mode == "fixed"
+            segmenter.decoder_batch_size = self.sam_decoder_batch_size
         assert self.vocabulary is not None
         return PseudoLabeler(
             detector,
@@ -453,6 +464,36 @@ class OnlinePseudoLabels(LabelSource):
             batch_mode=self.batch_mode,
             batch_size=self.detector_batch_size,
         )
+
+    uses_detector = True  # False where boxes come from the data (no detector rows to count)
+
+    def padding(self) -> dict[str, PaddingCounts]:
+        """Rows run and padding rows per model so far (this process): ``detector`` (image rows
+        of its forwards, counted as ``fixed`` mode runs them: same-shape images
+        ``detector_batch_size`` at a time; caption rounds not counted), ``sam_encoder`` and
+        ``sam_decoder`` (counted by the segmenter). Models that did not run are left out."""
+        counts: dict[str, PaddingCounts] = {}
+        if self.detector_padding.rows:
+            counts["detector"] = self.detector_padding
+        segmenter = getattr(self._labeler, "segmenter", None)
+        for name, count in (getattr(segmenter, "padding", None) or {}).items():
+            if count.rows:
+                counts[name] = count
+        return counts
+
+    def _count_detector_rows(self, images: list[torch.Tensor], present: list[list[str]]) -> None:
+        """Add the image rows the detector runs on ``images`` (those with a class) in ``fixed``
+        mode: per detector input shape, ``detector_batch_size`` rows per started batch."""
+        if not self.uses_detector or self.batch_mode != "fixed":
+            return
+        groups: Counter[tuple[int, int]] = Counter(
+            self.detector_input_size(*image.shape[-2:])
+            for image, names in zip(images, present, strict=True)
+            if names
+        )
+        size = self.detector_batch_size
+        for count in groups.values():
+            self.detector_padding.add(count, -(-count // size) * size)
 
     def labeler(self, device: torch.device) -> PseudoLabeler:
         if self._labeler is None:
@@ -492,6 +533,7 @@ class OnlinePseudoLabels(LabelSource):
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
         ):
             results = labeler(images, present)
+        self._count_detector_rows(images, present)
         if self._writer is None:
             self._writer = CacheWriter(self.cache, workers=self.write_workers)
         moved = to_cpu_once([t for r in results for t in (r.label, r.masks)])  # type: ignore[misc]

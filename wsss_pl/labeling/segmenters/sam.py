@@ -1,4 +1,4 @@
-"""SAM masks for detector boxes: all boxes of an image in one decoder call (frozen, no_grad)."""
+"""SAM masks for detector boxes, an image's boxes in fixed-size decoder chunks (frozen)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.segmenters.base import TINY, ImageResize, SegmenterSpec
+from wsss_pl.labeling.segmenters.chunks import (
+    DEFAULT_DECODER_BATCH_SIZE,
+    PaddingCounts,
+    check_chunk_size,
+    decode_in_chunks,
+)
 from wsss_pl.labeling.segmenters.sam_fast import SamAttention, compile_blocks, use_attention
 from wsss_pl.weights import load_state_dict, resolve_checkpoint
 
@@ -29,9 +35,10 @@ class SamSegmenter(nn.Module):
     image, on the CPU; the released code's input), or ``tensor``, a float antialiased bilinear
     resize on the image's device (what ``apply_image_torch`` does; 0.16 % of mask pixels differed
     from ``pil`` on a random tiny model). The image encoder runs on ``encoder_batch_size`` images at
-    a time; then each image gets one prompt-encoder + mask-decoder call with all of its boxes
-    (``multimask_output=False``, as in the paper) and its masks are upsampled to its original
-    size and thresholded at ``sam.mask_threshold``.
+    a time; then each image's boxes go through the prompt encoder + mask decoder
+    ``decoder_batch_size`` at a time (``multimask_output=False``, as in the paper; one call for
+    all boxes in the released code, so memory grew with the box count) and their masks are
+    upsampled to its original size and thresholded at ``sam.mask_threshold``.
 
     Args:
         sam: a segment-anything model (set to eval and frozen here).
@@ -44,7 +51,14 @@ class SamSegmenter(nn.Module):
         compile: ``torch.compile`` the image-encoder blocks (first call per shape compiles).
         fixed_batch: every image-encoder forward runs at exactly ``encoder_batch_size`` images,
             a short batch filled with zero images (kernels are chosen by batch size, so an
-            embedding is then bit-identical whatever its batch mates or position).
+            embedding is then bit-identical whatever its batch mates or position), and every
+            decoder call at exactly ``decoder_batch_size`` boxes (copies of the last box fill a
+            short chunk: a mask is bit-identical whatever its image's box count).
+        decoder_batch_size: boxes per mask-decoder call (``wsss_pl.labeling.segmenters.chunks``).
+
+    Attributes:
+        padding: rows run and padding rows of the image encoder (``sam_encoder``) and the mask
+            decoder (``sam_decoder``), summed over calls (the label pass reports them).
     """
 
     def __init__(
@@ -55,6 +69,7 @@ class SamSegmenter(nn.Module):
         attention: SamAttention = "original",
         compile: bool = False,
         fixed_batch: bool = False,
+        decoder_batch_size: int = DEFAULT_DECODER_BATCH_SIZE,
     ) -> None:
         super().__init__()
         if encoder_batch_size < 1:
@@ -67,6 +82,8 @@ class SamSegmenter(nn.Module):
             compile_blocks(self.sam.image_encoder)
         self.encoder_batch_size = encoder_batch_size
         self.fixed_batch = fixed_batch
+        self.decoder_batch_size = check_chunk_size(decoder_batch_size, "decoder_batch_size")
+        self.padding = {"sam_encoder": PaddingCounts(), "sam_decoder": PaddingCounts()}
         self.image_resize = image_resize
         self.resize = ResizeLongestSide(sam.image_encoder.img_size)
 
@@ -153,7 +170,9 @@ class SamSegmenter(nn.Module):
             batch = todo[start : start + self.encoder_batch_size]
             inputs = [self._input_image(images[i]) for i in batch]
             pixels = torch.stack([x for x, _ in inputs]).to(dtype)
-            encoded = self._encode(fill_batch(pixels, self.encoder_batch_size, self.fixed_batch))
+            pixels = fill_batch(pixels, self.encoder_batch_size, self.fixed_batch)
+            self.padding["sam_encoder"].add(len(batch), pixels.shape[0])
+            encoded = self._encode(pixels)
             for i, decoder_inputs, (_, input_size) in zip(
                 batch, encoded[: len(batch)], inputs, strict=True
             ):
@@ -172,12 +191,30 @@ class SamSegmenter(nn.Module):
         input_size: tuple[int, int],
         image: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """One decoder call for all boxes [N, 4] of one image's encoder output."""
+        """Masks of all boxes [N, 4] of one image's encoder output, ``decoder_batch_size``
+        boxes per decoder call (exactly that many with ``fixed_batch``)."""
         if boxes.dim() != 2 or boxes.shape[1] != 4:
             raise ValueError(f"boxes must be [N, 4] xyxy, got {tuple(boxes.shape)}")
         original_size = (int(image.shape[-2]), int(image.shape[-1]))
         prompt = self.resize.apply_boxes_torch(boxes.to(self.device), original_size)
         prompt = prompt.to(self.sam.pixel_mean.dtype)
+        return decode_in_chunks(
+            prompt,
+            self.decoder_batch_size,
+            self.fixed_batch,
+            lambda chunk: self._decode_chunk(decoder_inputs, chunk, input_size, original_size),
+            self.padding["sam_decoder"],
+        )
+
+    def _decode_chunk(
+        self,
+        decoder_inputs: dict[str, Any],
+        prompt: Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """One prompt-encoder + mask-decoder call on boxes [R, 4] in SAM's 1024 px input frame:
+        (masks bool [R, H, W], scores float32 [R])."""
         sparse, dense = self.sam.prompt_encoder(points=None, boxes=prompt, masks=None)
         low_res, iou = self.sam.mask_decoder(
             **decoder_inputs,

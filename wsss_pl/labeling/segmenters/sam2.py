@@ -11,6 +11,11 @@ from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.segmenters.base import TINY, ImageResize, SegmenterSpec
+from wsss_pl.labeling.segmenters.chunks import (
+    DEFAULT_DECODER_BATCH_SIZE,
+    PaddingCounts,
+    decode_in_chunks,
+)
 from wsss_pl.labeling.segmenters.sam import empty_results, fill_batch
 
 SAM2_IMAGE_SIZE = 1024
@@ -20,9 +25,11 @@ class Sam2Segmenter(nn.Module):
     """Frozen transformers ``Sam2Model`` turning xyxy pixel boxes into one mask each.
 
     The image processor (``Sam2Processor``'s: resize to 1024x1024, normalise) runs on the
-    segmenter's device; the image encoder on ``encoder_batch_size`` images at a time; then one
-    prompt-encoder + mask-decoder call per image with all of its boxes (``multimask_output=False``)
-    and the processor's ``post_process_masks`` (upsample to the image, threshold).
+    segmenter's device; the image encoder on ``encoder_batch_size`` images at a time; then the
+    prompt encoder + mask decoder on each image's boxes, ``decoder_batch_size`` boxes per call
+    (exactly that many with ``fixed_batch``: ``wsss_pl.labeling.segmenters.chunks``;
+    ``multimask_output=False``) and the processor's ``post_process_masks`` (upsample to the
+    image, threshold). ``padding`` counts rows as ``SamSegmenter.padding``.
     """
 
     def __init__(
@@ -39,7 +46,9 @@ class Sam2Segmenter(nn.Module):
         self.processor = processor
         self.encoder_batch_size = encoder_batch_size
         self.image_size = image_size  # the square input boxes are scaled to (SAM 3 tracker: 1008)
-        self.fixed_batch = False  # as SamSegmenter.fixed_batch: pad every encoder batch
+        self.fixed_batch = False  # as SamSegmenter.fixed_batch: pad encoder and decoder calls
+        self.decoder_batch_size = DEFAULT_DECODER_BATCH_SIZE
+        self.padding = {"sam_encoder": PaddingCounts(), "sam_decoder": PaddingCounts()}
 
     def train(self, mode: bool = True) -> Sam2Segmenter:
         super().train(mode)
@@ -64,6 +73,7 @@ class Sam2Segmenter(nn.Module):
                 images=[images[i].to(self.device) for i in batch], return_tensors="pt"
             )["pixel_values"].to(self.device, dtype)
             pixels = fill_batch(pixels, self.encoder_batch_size, self.fixed_batch)
+            self.padding["sam_encoder"].add(len(batch), pixels.shape[0])
             embeddings = self.model.get_image_embeddings(pixels)
             for k, i in enumerate(batch):
                 results[i] = self._decode([e[k : k + 1] for e in embeddings], boxes[i], images[i])
@@ -78,10 +88,18 @@ class Sam2Segmenter(nn.Module):
         scale = torch.tensor(
             [self.image_size / width, self.image_size / height] * 2, device=self.device
         )
-        prompt = (boxes.to(self.device, torch.float32) * scale)[None]  # [1, N, 4] at S x S
-        out = self.model(image_embeddings=embeddings, input_boxes=prompt, multimask_output=False)
-        masks = self.processor.post_process_masks(out.pred_masks, [[height, width]])[0][:, 0]
-        return masks.to(self.device, torch.bool), out.iou_scores[0, :, 0].float()
+        prompt = boxes.to(self.device, torch.float32) * scale  # [N, 4] at S x S
+
+        def decode(chunk: Tensor) -> tuple[Tensor, Tensor]:  # [R, 4] -> [R, H, W], [R]
+            out = self.model(
+                image_embeddings=embeddings, input_boxes=chunk[None], multimask_output=False
+            )
+            masks = self.processor.post_process_masks(out.pred_masks, [[height, width]])[0]
+            return masks[:, 0].to(self.device, torch.bool), out.iou_scores[0, :, 0].float()
+
+        return decode_in_chunks(
+            prompt, self.decoder_batch_size, self.fixed_batch, decode, self.padding["sam_decoder"]
+        )
 
 
 def tiny_sam2(seed: int = 0) -> nn.Module:
