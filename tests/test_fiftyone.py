@@ -124,6 +124,7 @@ def test_dataset_fields_equal_the_cache(fo: Any, tmp_path: Path) -> None:
     }
     r, g, b = voc_palette()[3 * 15 : 3 * 16]
     assert colours[15] == f"#{r:02x}{g:02x}{b:02x}"
+    assert dataset.app_config.active_fields.paths == ["pseudo_label", "detections"]
     assert dataset.load_saved_view("review queue").first().queue_rank == 1
     # "<class>, queue score > x" in the App is this view: the expected ids come from the cache.
     name = samples[0].detections.detections[0].label

@@ -16,8 +16,9 @@ One FiftyOne sample per cache entry, added in review-queue order (worst first), 
   ``wsss_pl.review_queue.rank_cache`` with the default or ``--weights`` weights;
 - ``classes`` (the image-level labels) and ``missing_classes`` (those that got no box).
 
-The masks' class names and the VOC palette's colours are set on the dataset, and a saved view
-"review queue" sorts by ``queue_score``. FiftyOne is an optional extra (``pip install
+The masks' class names and the cache palette's colours are set on the dataset, the App opens
+with ``pseudo_label`` and ``detections`` shown, and a saved view "review queue" sorts by
+``queue_score``. FiftyOne is an optional extra (``pip install
 ".[review]"``); this module imports it only when the command runs.
 """
 
@@ -217,12 +218,15 @@ def build_dataset(
     targets = {0: "background", **{i: n for i, n in enumerate(class_names, start=1)}, 255: "ignore"}
     dataset.default_mask_targets = targets
     colours = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    # The App shows the pseudo-label and the boxes at first, each class in its palette colour.
+    dataset.app_config.active_fields = fo.ActiveFields(paths=["pseudo_label", "detections"])
     dataset.app_config.color_scheme = fo.ColorScheme(
+        color_by="value",
         default_mask_targets_colors=[
             {"intTarget": int(i), "color": "#{:02x}{:02x}{:02x}".format(*colours[i])}
             for i in targets
             if i != 0
-        ]
+        ],
     )
     dataset.save()
     dataset.save_view(SAVED_VIEW, dataset.sort_by("queue_score", reverse=True))
