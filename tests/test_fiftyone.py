@@ -188,6 +188,17 @@ def test_bad_input(fo: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert fo.load_dataset("bad").count_sample_tags() == {}
     assert len(fo.load_dataset("bad")) == len(ids)
 
+    # --cache with --images instead of --config: the images come from that folder.
+    by_folder = ["review", "--fiftyone", "--cache", str(cache.directory), "--name", "folder"]
+    assert main([*by_folder, "--images", str(tmp_path)]) == 2
+    assert f"--images {tmp_path} has no image file" in capsys.readouterr().err
+    images = SyntheticVOC(str(tmp_path / "data"), num_train=4, num_val=1, image_size=SIZE)
+    folder = images.dataset("train").image_path(ids[0]).parent
+    assert main([*by_folder, "--images", str(folder)]) == 0
+    shown = fo.load_dataset("folder")
+    assert sorted(Path(p).parent for p in shown.values("filepath")) == [folder.resolve()] * len(ids)
+    assert "ground_truth" not in shown.get_field_schema()  # no dataset: no ground truth
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
