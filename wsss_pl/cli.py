@@ -314,6 +314,7 @@ COMMANDS: dict[str, tuple[str, Runner]] = {
     "compare-labels": ("several labellers on the same images: pseudo-label mIoU, speed, memory in one table", "wsss_pl.compare_labels:main"),
     "export-labels": ("pseudo-label cache -> COCO instance JSON (RLE) for review tools", "wsss_pl.labeling.storage.export:main"),
     "review-queue": ("rank cached pseudo-labels by warning signs (no ground truth): CSV, composites", "wsss_pl.review_queue:main"),
+    "review": ("--fiftyone: pseudo-labels, boxes, queue score (and ground truth, predictions) as a FiftyOne dataset", "wsss_pl.review_fiftyone:main"),
     "export-review": ("queue top N / ids as Label Studio tasks (pre-annotations) or COCO for CVAT", "wsss_pl.corrections.commands:export_review"),
     "import-labels": ("a reviewed Label Studio export or COCO file -> corrections used before the cache", "wsss_pl.corrections.commands:import_labels"),
     "export-model": ("a trained checkpoint as ONNX / TorchScript (uint8 image in, normalisation inside)", "wsss_pl.export_model:main"),
