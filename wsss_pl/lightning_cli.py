@@ -36,7 +36,7 @@ from wsss_pl.callbacks import (
     RunSummary,
     review_dir,
 )
-from wsss_pl.cli import PROG, _config_paths, explain_argument_error
+from wsss_pl.cli_errors import PROG, _config_paths, explain_argument_error
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.module import SegmentationModule
 from wsss_pl.progress import format_duration, is_terminal
