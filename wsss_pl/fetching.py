@@ -398,7 +398,7 @@ def main(argv: list[str]) -> int:
         index += 1
     if not files:
         raise ConfigError("fetch needs --config FILE (a training or compare-labels config)")
-    from wsss_pl.cli import _missing_file_hint
+    from wsss_pl.cli_errors import _missing_file_hint
 
     for file in files:
         if not Path(file).is_file():

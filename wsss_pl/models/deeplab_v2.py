@@ -16,23 +16,36 @@ inside ``forward`` to BGR 0..255 minus the Caffe mean, what Caffe weights were t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torchvision import models
 
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from wsss_pl.errors import ConfigError, WeightsError
 from wsss_pl.models.caffe import (
     CAFFE_MEAN_BGR,
-    caffe_to_torchvision_keys,
-    deeplab_pytorch_to_torchvision_keys,
-    is_deeplab_pytorch,
-    read_caffemodel,
+)
+from wsss_pl.models.deeplab_parts import (  # noqa: F401  (re-exported)
+    _BACKBONES,
+    _STAGE_DILATION,
+    ASPP,
+    caffe_style_stage,
+    dilate_stage,
+)
+from wsss_pl.models.deeplab_pretrained import (  # noqa: F401  (re-exported)
+    _CAFFE_LAYOUTS,
+    _CAFFE_NAMES,
+    _STEM_KEY,
+    _check_style,
+    _is_caffemodel,
+    _preview,
+    _read_pretrained,
+    _read_state_dict,
+    _to_model_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -40,82 +53,6 @@ log = logging.getLogger(__name__)
 BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101"]
 BackboneStyle = Literal["auto", "torchvision", "caffe"]
 InputConvention = Literal["auto", "imagenet_rgb", "caffe_bgr"]
-
-# Checkpoint layouts whose weights are Caffe's (MSRA ResNet, BGR 0..255 minus mean inputs).
-_CAFFE_LAYOUTS = ("caffe", "deeplab_pytorch")
-# Registry names whose file is a caffemodel (also recognised by the .caffemodel suffix).
-_CAFFE_NAMES = ("deeplabv2_coco_init",)
-
-_BACKBONES: dict[str, Callable[..., models.ResNet]] = {
-    "resnet18": models.resnet18,
-    "resnet34": models.resnet34,
-    "resnet50": models.resnet50,
-    "resnet101": models.resnet101,
-}
-
-# Which stride-2 stages become stride-1 and with what dilation, per output stride.
-_STAGE_DILATION: dict[int, dict[str, int]] = {8: {"layer3": 2, "layer4": 4}, 16: {"layer4": 2}}
-
-_STEM_KEY = "conv1.weight"
-
-
-def dilate_stage(stage: nn.Sequential, dilation: int) -> None:
-    """Make a ResNet stage stride 1 and dilate all its 3x3 convs by ``dilation`` (in place).
-
-    Every block of the stage gets the same dilation, as in DeepLab-v2 and its Caffe models
-    (torchvision's ``replace_stride_with_dilation`` keeps the previous dilation in the first block
-    and refuses BasicBlock ResNets). padding = dilation keeps the map size; the 1x1 shortcut conv
-    only loses its stride. Works for BasicBlock and Bottleneck stages.
-    """
-    for block in stage:
-        if hasattr(block, "stride"):
-            block.stride = 1  # informative only, torchvision blocks do not read it in forward
-        for module in block.modules():
-            if not isinstance(module, nn.Conv2d):
-                continue
-            module.stride = (1, 1)
-            if module.kernel_size == (3, 3):
-                module.dilation = (dilation, dilation)
-                module.padding = (dilation, dilation)
-
-
-def caffe_style_stage(stage: nn.Sequential) -> None:
-    """Move a Bottleneck stage's stride from the 3x3 conv to the first 1x1 (MSRA/Caffe ResNet).
-
-    Only the first block strides; its shortcut conv keeps its stride. In place.
-    """
-    for block in stage:
-        if not isinstance(block, models.resnet.Bottleneck):
-            raise ValueError("backbone_style 'caffe' needs a Bottleneck ResNet (resnet50/101)")
-        stride = block.conv2.stride
-        if stride != (1, 1):
-            block.conv2.stride = (1, 1)
-            block.conv1.stride = stride
-
-
-class ASPP(nn.Module):
-    """DeepLab-v2 ASPP: one 3x3 conv per rate straight to class logits, outputs summed.
-
-    Input float [B, in_channels, h, w] -> logits float [B, num_classes, h, w].
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int]) -> None:
-        super().__init__()
-        if not rates or any(int(r) < 1 for r in rates):
-            raise ValueError(f"atrous rates must be a non-empty list of ints >= 1, got {rates!r}")
-        self.convs = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=int(r), dilation=int(r), bias=True)
-            for r in rates
-        )
-        for conv in self.convs:
-            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
-            nn.init.zeros_(conv.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.convs[0](x)
-        for conv in self.convs[1:]:
-            out = out + conv(x)
-        return out
 
 
 class DeepLabV2(nn.Module):
@@ -447,98 +384,3 @@ class DeepLabV2(nn.Module):
                 _preview(unexpected),
             )
         log.info("loaded %d tensors from %s (%s layout)", len(matched), path, layout)
-
-
-def _preview(keys: Sequence[str], limit: int = 8) -> str:
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def _check_style(caffe_weights: bool, backbone_style: str, path: Any) -> None:
-    if caffe_weights != (backbone_style == "caffe"):
-        raise WeightsError(
-            f"checkpoint {path} holds {'Caffe (MSRA)' if caffe_weights else 'torchvision'}-style "
-            f"ResNet weights but this DeepLabV2 has backbone_style {backbone_style!r}: "
-            f"set backbone_style: {'caffe' if caffe_weights else 'torchvision'} (or auto)"
-        )
-
-
-def _is_caffemodel(path: str | Path) -> bool:
-    return str(path) in _CAFFE_NAMES or str(path).endswith(".caffemodel")
-
-
-def _read_pretrained(path: str | Path) -> tuple[dict[str, Tensor], str, bool, bool, str | Path]:
-    """Read and rename weights: (DeepLabV2-keyed state, layout, Caffe-style backbone,
-    Caffe BGR input, path). Layouts: torchvision, deeplab, deeplab_pytorch, caffe."""
-    if _is_caffemodel(path):
-        from wsss_pl.weights import resolve_checkpoint
-
-        layers = read_caffemodel(resolve_checkpoint(path))
-        state, skipped = caffe_to_torchvision_keys(layers, path)
-        if skipped:
-            log.info("caffemodel %s: layers not used by DeepLabV2: %s", path, _preview(skipped))
-        if not state:
-            raise WeightsError(
-                f"caffemodel {path}: no layer has a DeepLab-v2 ResNet name (conv1, res2a_branch1, "
-                f"bn_conv1, fc1_*_c0 ...); its layers start with {[la.name for la in layers[:5]]}"
-            )
-        return state, "caffe", True, True, path
-    raw = _read_state_dict(path)
-    if is_deeplab_pytorch(raw):
-        state, skipped = deeplab_pytorch_to_torchvision_keys(raw)
-        if skipped:
-            log.info("checkpoint %s: keys not used by DeepLabV2: %s", path, _preview(skipped))
-        return state, "deeplab_pytorch", True, True, path
-    state, layout = _to_model_keys(raw, path)
-    caffe_style = layout == "deeplab" and int(state.get("caffe_backbone", 0)) == 1
-    caffe_input = layout == "deeplab" and int(state.get("caffe_input", 0)) == 1
-    return state, layout, caffe_style, caffe_input, path
-
-
-def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Load a checkpoint (a path, or a registry name such as ``resnet101_imagenet`` that is
-    downloaded with its checksum when missing) on the CPU without unpickling code."""
-    from wsss_pl.weights import load_state_dict, resolve_checkpoint
-
-    try:
-        obj: Any = load_state_dict(resolve_checkpoint(path))
-    except WeightsError:
-        raise
-    except Exception as exc:  # torch.load raises many types on corrupt or pickled-code files
-        raise WeightsError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-
-    if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model"):  # Lightning / common training-script layouts
-            inner = obj.get(wrapper)
-            if isinstance(inner, Mapping):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
-    state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
-    if not state:
-        raise WeightsError(f"checkpoint {path} contains no tensors")
-    return state
-
-
-def _to_model_keys(state: Mapping[str, Tensor], path: str | Path) -> tuple[dict[str, Tensor], str]:
-    """Rename checkpoint keys to DeepLabV2 keys; returns (state, "deeplab" | "torchvision").
-
-    The stem conv (``[prefix]conv1.weight`` outside any stage) anchors the layout: a prefix ending
-    in ``backbone.`` means a DeepLabV2 state dict, anything else a torchvision ResNet.
-    """
-    stems = [k for k in state if k.endswith(_STEM_KEY) and "layer" not in k]
-    if not stems:
-        raise WeightsError(
-            f"checkpoint {path}: no ResNet stem ('conv1.weight' or 'backbone.conv1.weight') "
-            f"found, so nothing matches DeepLabV2; its keys start with {list(state)[:5]}"
-        )
-    prefix = min(stems, key=len)[: -len(_STEM_KEY)]
-    if prefix.endswith("backbone."):
-        outer = prefix[: -len("backbone.")]
-        return {k[len(outer) :]: v for k, v in state.items() if k.startswith(outer)}, "deeplab"
-    return {
-        "backbone." + k[len(prefix) :]: v
-        for k, v in state.items()
-        if k.startswith(prefix) and not k[len(prefix) :].startswith("fc.")
-    }, "torchvision"
