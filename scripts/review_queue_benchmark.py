@@ -20,7 +20,7 @@ errors the queue cannot see. Masks are painted in random order, later wins.
 The label's quality is its per-image mIoU against the ground truth (classes present in either,
 background included, 255 ignored). The figure: the share of the 10 % lowest-IoU images among the
 top 10 % of the queue (chance: 0.10). Weights are chosen by grid search on VOC and reported on
-COCO. Run: ``python scripts/review_queue_benchmark.py --data /work/shared/data``.
+COCO. Run: ``python scripts/review_queue_benchmark.py --data "$WSSS_PL_SAMPLE_DATA"``.
 """
 
 from __future__ import annotations

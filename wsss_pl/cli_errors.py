@@ -153,10 +153,9 @@ def explain_argument_error(message: str, parser: Any, argv: list[str]) -> str:
                 f"no {' and no '.join(missing)} given: start from a config, e.g. "
                 f"`{PROG} {command} --config configs/demo.yaml` (configs/ holds one per dataset)"
             )
-    type_error = _type_message(text)
-    if type_error is not None:
-        return type_error
-    return _restriction_message(text) or text
+    # A restricted type inside a Union (``list[PositiveFloat] | None``) fails against every
+    # member; the restriction is what the user broke, not the "null" alternative.
+    return _restriction_message(text) or _type_message(text) or text
 
 
 _TYPE_WORDS = {
