@@ -116,9 +116,10 @@ def environment_notice(cache: PseudoLabelCache) -> str | None:
         elif key in ("device_type", "device_name", "cuda", "cudnn"):
             advice.append(
                 f"label on the device it was made on ({old.get('device_type')}: "
-                f"{old.get('device_name')}, CUDA {old.get('cuda')})"
+                f"{old.get('device_name')}"
+                + (f", CUDA {old.get('cuda')})" if old.get("device_type") == "cuda" else ")")
             )
-    advice = list(dict.fromkeys(advice))
+    advice = list(dict.fromkeys(advice)) or ["the values listed"]
     return (
         f"pseudo-label cache: {directory} holds {count} labels made with these settings in another "
         f"environment ({'; '.join(changes)}), so this run starts a new, empty cache "
