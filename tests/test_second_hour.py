@@ -252,7 +252,7 @@ def test_review_composite_has_titled_panels_and_a_legend_of_the_shown_classes(
     from PIL import Image
 
     from wsss_pl.classes import VOC
-    from wsss_pl.review import MIN_PANEL_WIDTH, PALETTE, TITLE_HEIGHT, write_composites
+    from wsss_pl.review import GAP, MIN_PANEL_WIDTH, PALETTE, TITLE_HEIGHT, write_composites
 
     names = ["background", *VOC.class_names]
     rng = np.random.default_rng(0)
@@ -271,13 +271,13 @@ def test_review_composite_has_titled_panels_and_a_legend_of_the_shown_classes(
     (path,) = write_composites(tmp_path, "val/predictions", [row], names, step=7)
     assert path.parent == tmp_path and path.name == "val_predictions_step000007_2007_000032.png"
     picture = np.asarray(Image.open(path).convert("RGB"))
-    scale = 4  # 50 px wide -> at least MIN_PANEL_WIDTH
+    scale = -(-MIN_PANEL_WIDTH // 50)  # 50 px wide -> at least MIN_PANEL_WIDTH
     panel_w = 50 * scale
-    assert panel_w >= MIN_PANEL_WIDTH and picture.shape[1] == 4 * panel_w + 3 * 4
+    assert panel_w >= MIN_PANEL_WIDTH and picture.shape[1] == 4 * panel_w + 3 * GAP
     for i in range(4):  # a title (dark text) above every panel
-        band = picture[:TITLE_HEIGHT, i * (panel_w + 4) : i * (panel_w + 4) + panel_w]
+        band = picture[:TITLE_HEIGHT, i * (panel_w + GAP) : i * (panel_w + GAP) + panel_w]
         assert (band.sum(axis=2) < 200).sum() > 20, f"panel {i} has no title"
-    gt_panel = picture[TITLE_HEIGHT : TITLE_HEIGHT + 40 * scale, panel_w + 4 : 2 * panel_w + 4]
+    gt_panel = picture[TITLE_HEIGHT : TITLE_HEIGHT + 40 * scale, panel_w + GAP : 2 * panel_w + GAP]
     assert (gt_panel[0, 0] == PALETTE[0]).all() and (gt_panel[-1, -1] == PALETTE[255]).all()
     legend = picture[TITLE_HEIGHT + 40 * scale :].reshape(-1, 3)
     colours = {tuple(c) for c in legend.tolist()}

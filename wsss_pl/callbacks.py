@@ -37,14 +37,88 @@ def disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a != b) & valid).astype(np.uint8)
 
 
+NO_GT = "no ground truth for this image"
+NO_VAL_LABEL = "no training label: validation images are not labelled (only training images are)"
+
+
+def review_row(
+    sample_id: str,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    ground_truth: np.ndarray | None,
+    prediction: np.ndarray | None,
+    notes: dict[str, str],
+    boxes: list[dict[str, Any]] | None = None,
+    label_key: str = "label",
+) -> dict[str, Any]:
+    """A review row in the README's order: image | label | ground truth | prediction | error.
+
+    image uint8 [H, W, 3]; label, ground_truth, prediction uint8 [H, W] class ids or None (no
+    data: ``notes`` says why, shown in the panel); error uint8 [H, W], 1 where the prediction
+    differs from the ground truth (ignore excluded). ``boxes``: the detector's instances (pixel
+    xyxy in this image), drawn on the label panel. ``label_key``: "label" (the training label)
+    or "pseudo_label" (a label just made), which only changes the panel's title.
+    """
+    row: dict[str, Any] = {"id": sample_id, "image": image, label_key: label}
+    row["ground_truth"] = ground_truth
+    row["prediction"] = prediction
+    row["error"] = (
+        disagreement(prediction, ground_truth)
+        if prediction is not None and ground_truth is not None
+        else None
+    )
+    notes = dict(notes)
+    if row["error"] is None:
+        notes.setdefault("error", "no error map: it needs a prediction and ground truth")
+    if ground_truth is None:
+        notes.setdefault("ground_truth", NO_GT)
+    row["notes"] = notes
+    if boxes:
+        row["boxes"] = boxes
+    return row
+
+
+def _augmented_boxes(
+    instances: list[dict[str, Any]], geometry: list[float], crop: int
+) -> list[dict[str, Any]]:
+    """Boxes of the original image moved into its training crop (``BatchAugment`` geometry
+    [scale_y, scale_x, top, left, flipped]); the review clips them to the crop."""
+    scale_y, scale_x, top, left, flipped = geometry
+    moved = []
+    for inst in instances:
+        x0, y0, x1, y1 = (float(v) for v in inst["box"])
+        x0, x1 = x0 * scale_x - left, x1 * scale_x - left
+        y0, y1 = y0 * scale_y - top, y1 * scale_y - top
+        if flipped:
+            x0, x1 = crop - x1, crop - x0
+        moved.append({**inst, "box": [x0, y0, x1, y1]})
+    return moved
+
+
+@torch.no_grad()
+def _predict_labels(pl_module: pl.LightningModule, images: torch.Tensor) -> np.ndarray:
+    """uint8 [B, H, W] arg-max classes of the module for normalised float [B, 3, H, W] images,
+    in eval mode (BatchNorm's running statistics are neither used from nor added to the batch)."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        logits = pl_module(images)
+    finally:
+        pl_module.train(was_training)
+    return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
 class ReviewCallback(Callback):
     """Shows where training labels, ground truth and predictions differ.
 
-    Every ``every_n_epochs`` epochs: the first ``num_val_samples`` validation images of rank 0
-    with ground-truth, prediction and error masks; the first ``num_train_samples`` images of the
-    epoch's first training batch (after augmentation) with the training label (the pseudo-label)
-    and ground truth masks and their disagreement; and a per-class IoU table. With W&B the masks
-    are ``wandb.Image`` mask layers with class names, toggled in the UI.
+    Every ``every_n_epochs`` epochs, composites of image | label | ground truth | prediction |
+    error (a panel without data says why), with the detector's boxes (class and score) on the
+    label panel when the pseudo-label cache holds them: the first ``num_val_samples``
+    validation images of rank 0 (label: the image's cached pseudo-label, if any); the first
+    ``num_train_samples`` images of the epoch's first training batch as trained on (after
+    augmentation; prediction by the model of that step in eval mode); the pseudo-labels made
+    during the epoch at full size; and a per-class IoU table. With W&B the masks are
+    ``wandb.Image`` mask layers with class names, toggled in the UI.
     """
 
     def __init__(
@@ -64,27 +138,15 @@ class ReviewCallback(Callback):
         )
 
     @staticmethod
-    def _rows(
-        pl_module: pl.LightningModule,
-        batch: dict[str, Any],
-        count: int,
-        masks: dict[str, torch.Tensor],
-        crop_to_size: bool,
-    ) -> list[dict[str, Any]]:
-        """Numpy rows (id, uint8 HWC image, uint8 HW masks) of the first ``count`` samples.
+    def _cache(trainer: pl.Trainer) -> Any:
+        """The pseudo-label cache of the training labels, or None (ground-truth training)."""
+        labels = getattr(getattr(trainer, "datamodule", None), "train_labels", None)
+        return getattr(labels, "cache", None)
 
-        Evaluation batches are padded: ``crop_to_size`` cuts each back to its original size.
-        """
+    @staticmethod
+    def _numpy_images(pl_module: pl.LightningModule, images: torch.Tensor) -> np.ndarray:
         augment = pl_module.trainer.datamodule.augment  # type: ignore[attr-defined]
-        images = augment.denormalize(batch["image"][:count]).permute(0, 2, 3, 1).cpu().numpy()
-        rows = []
-        for i in range(images.shape[0]):
-            height, width = batch["size"][i].tolist() if crop_to_size else images.shape[1:3]
-            crop = (slice(0, height), slice(0, width))
-            row = {"id": batch["id"][i], "image": images[i][crop]}
-            row.update({k: m[i][crop].to(torch.uint8).cpu().numpy() for k, m in masks.items()})
-            rows.append(row)
-        return rows
+        return augment.denormalize(images).permute(0, 2, 3, 1).cpu().numpy()
 
     def on_train_batch_end(
         self,
@@ -96,33 +158,58 @@ class ReviewCallback(Callback):
     ) -> None:
         if batch_idx != 0 or not self._active(trainer) or self.num_train_samples <= 0:
             return
-        rows = self._rows(
-            pl_module,
-            batch,
-            self.num_train_samples,
-            {"training_label": batch["target"], "ground_truth": batch["gt"]},
-            crop_to_size=False,
-        )
-        for row in rows:
-            row["disagreement"] = disagreement(row["training_label"], row["ground_truth"])
+        count = min(self.num_train_samples, batch["image"].shape[0])
+        images = self._numpy_images(pl_module, batch["image"][:count])
+        predictions = _predict_labels(pl_module, batch["image"][:count])
+        cache = self._cache(trainer)
+        crop = batch["image"].shape[-1]
+        rows = []
+        for i in range(count):
+            sample_id = batch["id"][i]
+            has_gt = bool(batch["has_gt"][i])
+            metadata = cache.load_metadata(sample_id) if cache is not None else None
+            boxes = None
+            if metadata and metadata.get("instances") and "aug_geometry" in batch:
+                geometry = batch["aug_geometry"][i].tolist()
+                boxes = _augmented_boxes(metadata["instances"], geometry, crop)
+            rows.append(
+                review_row(
+                    sample_id,
+                    images[i],
+                    batch["target"][i].to(torch.uint8).cpu().numpy(),
+                    batch["gt"][i].to(torch.uint8).cpu().numpy() if has_gt else None,
+                    predictions[i],
+                    {},
+                    boxes,
+                )
+            )
         self._log(trainer, pl_module, "train/labels", rows)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Freshly made pseudo-labels with their boxes (class and score) against ground truth."""
+        """Freshly made pseudo-labels at full size with their boxes (class and score), the
+        model's prediction and ground truth."""
         labels = getattr(trainer.datamodule, "train_labels", None)  # type: ignore[attr-defined]
         recent = getattr(labels, "recent", None)
         if not recent:
             return
         if self._active(trainer):
+            augment = trainer.datamodule.augment  # type: ignore[attr-defined]
             rows = []
             for item in recent:
-                row = {"id": item["id"], "image": item["image"].permute(1, 2, 0).numpy()}
-                row["pseudo_label"] = item["label"].numpy()
-                if item["gt"] is not None:
-                    row["ground_truth"] = item["gt"].numpy()
-                    row["disagreement"] = disagreement(row["pseudo_label"], row["ground_truth"])
-                row["boxes"] = item["metadata"]["instances"]
-                rows.append(row)
+                image = item["image"].to(pl_module.device)
+                normalised = augment.normalize(image[None].float())
+                rows.append(
+                    review_row(
+                        item["id"],
+                        item["image"].permute(1, 2, 0).numpy(),
+                        item["label"].numpy(),
+                        None if item["gt"] is None else item["gt"].numpy(),
+                        _predict_labels(pl_module, normalised)[0],
+                        {},
+                        item["metadata"]["instances"],
+                        label_key="pseudo_label",
+                    )
+                )
             self._log(trainer, pl_module, "train/pseudo_labels", rows)
         recent.clear()
 
@@ -141,16 +228,27 @@ class ReviewCallback(Callback):
         missing = self.num_val_samples - len(self._val_rows)
         if missing <= 0 or not self._active(trainer) or not isinstance(outputs, torch.Tensor):
             return
-        rows = self._rows(
-            pl_module,
-            batch,
-            missing,
-            {"ground_truth": batch["gt"], "prediction": outputs},
-            crop_to_size=True,
-        )
-        for row in rows:
-            row["error"] = disagreement(row["prediction"], row["ground_truth"])
-        self._val_rows.extend(rows)
+        count = min(missing, batch["image"].shape[0])
+        images = self._numpy_images(pl_module, batch["image"][:count])
+        cache = self._cache(trainer)
+        for i in range(count):
+            height, width = batch["size"][i].tolist()
+            crop = (slice(0, height), slice(0, width))
+            sample_id = batch["id"][i]
+            label = cache.load(sample_id) if cache is not None else None
+            metadata = cache.load_metadata(sample_id) if label is not None else None
+            has_gt = bool(batch["has_gt"][i])
+            self._val_rows.append(
+                review_row(
+                    sample_id,
+                    images[i][crop],
+                    None if label is None else label.numpy(),
+                    batch["gt"][i][crop].to(torch.uint8).cpu().numpy() if has_gt else None,
+                    outputs[i][crop].to(torch.uint8).cpu().numpy(),
+                    {"label": NO_VAL_LABEL},
+                    (metadata or {}).get("instances"),
+                )
+            )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active(trainer) and self._val_rows:
@@ -227,11 +325,12 @@ def log_review(
     mask_keys = [
         k
         for k in dict.fromkeys(k for row in rows for k in row)
-        if k not in ("id", "image", "boxes")
+        if k not in ("id", "image", "boxes", "notes")
     ]
     if isinstance(logger, WandbLogger):
         import wandb
 
+        rows = _same_size(rows)  # W&B shows one key's images as a grid of one size
         binary = {0: "agree", 1: "disagree"}
         images = [
             wandb.Image(
@@ -243,7 +342,7 @@ def log_review(
                         "class_labels": binary if k in ("error", "disagreement") else id_names,
                     }
                     for k in mask_keys
-                    if k in row
+                    if row.get(k) is not None
                 },
                 boxes=_wandb_boxes(row["boxes"], id_names) if "boxes" in row else None,
             )
@@ -254,6 +353,32 @@ def log_review(
         for row in rows:
             tag = f"{key}/{row['id']}"
             logger.experiment.add_image(tag, compose(row, names), step, dataformats="HWC")
+
+
+def _same_size(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of mixed image sizes padded bottom/right to the largest: image grey, class masks
+    255 (ignore), 0/1 masks 0; rows already of one size are returned as they are."""
+    sizes = {np.asarray(row["image"]).shape[:2] for row in rows}
+    if len(sizes) <= 1:
+        return rows
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    padded = []
+    for row in rows:
+        h, w = np.asarray(row["image"]).shape[:2]
+        out = dict(row)
+        image = np.full((height, width, 3), 128, dtype=np.uint8)
+        image[:h, :w] = row["image"]
+        out["image"] = image
+        for key, value in row.items():
+            if key in ("id", "image", "boxes", "notes") or value is None:
+                continue
+            fill = 0 if key in ("error", "disagreement") else IGNORE_INDEX
+            mask = np.full((height, width), fill, dtype=np.uint8)
+            mask[:h, :w] = value
+            out[key] = mask
+        padded.append(out)
+    return padded
 
 
 def _wandb_boxes(instances: list[dict[str, Any]], names: dict[int, str]) -> dict[str, Any]:

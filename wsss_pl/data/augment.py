@@ -116,8 +116,11 @@ class BatchAugment:
         return batch
 
     def train_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Scale, crop and flip every sample of ``batch`` independently; returns the same dict."""
+        """Scale, crop and flip every sample of ``batch`` independently; returns the same dict,
+        with ``aug_geometry`` float32 [B, 5] (CPU): per sample the y and x scale factors, the
+        crop's top and left in the scaled image, and 1.0 if flipped (to map boxes for review)."""
         images, masks = [], {key: [] for key in MASK_KEYS}
+        geometry: list[list[float]] = []
         seeds = batch["aug_seed"].tolist() if "aug_seed" in batch else None
         for i, (height, width) in enumerate(batch["size"].tolist()):
             image = batch["image"][i : i + 1, :, :height, :width]
@@ -126,11 +129,12 @@ class BatchAugment:
             if seeds is not None:
                 generator = torch.Generator()
                 generator.manual_seed(int(seeds[i]))
-            image, sample_masks = self._augment_one(image, sample_masks, generator)
+            image, sample_masks = self._augment_one(image, sample_masks, generator, geometry)
             images.append(image)
             for key in MASK_KEYS:
                 masks[key].append(sample_masks[key])
         batch["image"] = torch.cat(images)
+        batch["aug_geometry"] = torch.tensor(geometry, dtype=torch.float32).reshape(-1, 5)
         for key in MASK_KEYS:
             batch[key] = torch.cat(masks[key])
         return batch
@@ -147,8 +151,11 @@ class BatchAugment:
         image: torch.Tensor,
         masks: dict[str, torch.Tensor],
         generator: torch.Generator,
+        geometry: list[list[float]] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """image uint8 [1,3,h,w], masks uint8 [1,h,w] -> normalised crop [1,3,S,S], masks [1,S,S]."""
+        """image uint8 [1,3,h,w], masks uint8 [1,h,w] -> normalised crop [1,3,S,S], masks [1,S,S].
+
+        ``geometry``, if given, gets [scale_y, scale_x, top, left, flipped] appended."""
         scale = self.draw_scale(generator)
         height, width = image.shape[-2:]
         # int() as the reference (``int(h * scale)``), at least one pixel.
@@ -174,9 +181,12 @@ class BatchAugment:
         window = (slice(top, top + self.crop_size), slice(left, left + self.crop_size))
         image = image[..., window[0], window[1]]
         masks = {k: m[..., window[0], window[1]] for k, m in masks.items()}
-        if self.flip and torch.rand((), generator=generator).item() < 0.5:
+        flipped = self.flip and torch.rand((), generator=generator).item() < 0.5
+        if flipped:
             image = image.flip(-1)
             masks = {k: m.flip(-1) for k, m in masks.items()}
+        if geometry is not None:
+            geometry.append([new_size[0] / height, new_size[1] / width, top, left, float(flipped)])
         return image.contiguous(), {k: m.contiguous() for k, m in masks.items()}
 
 

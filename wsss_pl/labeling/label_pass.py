@@ -274,6 +274,11 @@ class LabelingModule(pl.LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         self.labels.flush()  # every label on disk before the pass reports it (raises a failure)
+        if not self.quality.update_called:
+            # No ground truth on this rank (a folder without masks): count nothing, so compute()
+            # neither warns that it ran before update() nor skips the ranks' collective sum.
+            zeros = torch.zeros_like(self.quality.confmat)
+            self.quality.update(None, None, counts=(zeros, zeros[0]))
         self.scores = self.quality.compute()  # sums the confusion matrices of all ranks
         with self.quality.sync_context():
             self.totals = (self.quality.confmat.clone(), self.quality.pred_ignored.clone())

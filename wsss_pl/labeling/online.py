@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -40,7 +41,7 @@ from wsss_pl.labeling.rules import (
 )
 from wsss_pl.labeling.segmenters import SegmenterSpec
 from wsss_pl.labeling.segmenters.chunks import DEFAULT_DECODER_BATCH_SIZE, PaddingCounts
-from wsss_pl.labeling.storage.cache import PseudoLabelCache
+from wsss_pl.labeling.storage.cache import MANIFEST_NAME, PseudoLabelCache
 from wsss_pl.labeling.storage.corrections import CORRECTIONS_DIR, CorrectionsLayer
 from wsss_pl.labeling.storage.writer import CacheWriter, to_cpu_once
 
@@ -98,6 +99,59 @@ class _CachedTarget:
                 "other images: point cache_root elsewhere or delete that directory"
             )
         return label
+
+
+# How to get back the environment of an existing cache, per entry of ``environment()``.
+_PACKAGES = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "segment_anything": "segment-anything",
+}
+
+
+def environment_notice(cache: PseudoLabelCache) -> str | None:
+    """The warning to print before labelling into a new cache directory when another directory
+    of the same dataset holds labels made with the same settings in another environment (library
+    versions, device, CPU threads): which directory, what differs, how to reuse it. None when
+    the cache exists already or no such sibling exists."""
+    if cache.manifest_path.is_file():
+        return None
+    siblings = [s for s in cache.environment_siblings() if s[2] > 0]
+    if not siblings:
+        return None
+    directory, changes, count = siblings[0]
+    old = read_manifest_environment(directory)
+    advice = []
+    for key, value in old.items():
+        if value == cache.settings.get("environment", {}).get(key):
+            continue
+        if key in _PACKAGES:
+            advice.append(f"pip install '{_PACKAGES[key]}=={value}'")
+        elif key == "cpu_threads":
+            advice.append(f"--data.train_labels.init_args.cpu_threads {value}")
+        elif key == "mkl_cbwr":
+            advice.append("unset MKL_CBWR" if value is None else f"export MKL_CBWR={value}")
+        elif key in ("device_type", "device_name", "cuda", "cudnn"):
+            advice.append(
+                f"label on the device it was made on ({old.get('device_type')}: "
+                f"{old.get('device_name')}"
+                + (f", CUDA {old.get('cuda')})" if old.get("device_type") == "cuda" else ")")
+            )
+    advice = list(dict.fromkeys(advice)) or ["the values listed"]
+    return (
+        f"pseudo-label cache: {directory} holds {count} labels made with these settings in another "
+        f"environment ({'; '.join(changes)}), so this run starts a new, empty cache "
+        f"{cache.directory} and labels every image again. To reuse those labels instead, stop "
+        f"now and restore that environment: {'; '.join(advice)}."
+    )
+
+
+def read_manifest_environment(directory: Path) -> dict[str, Any]:
+    """The ``environment`` settings entry of a cache directory's manifest ({} if none)."""
+    from wsss_pl.io import read_json
+
+    environment_entry = read_json(directory / MANIFEST_NAME).get("settings", {}).get("environment")
+    return environment_entry if isinstance(environment_entry, dict) else {}
 
 
 class OnlinePseudoLabels(LabelSource):
@@ -358,7 +412,7 @@ class OnlinePseudoLabels(LabelSource):
         words = {k: list(v) for k, v in self.exclusion_words.items()}
         return {"exclusion_words": words, "exclusion_fill": self.exclusion_fill}
 
-    def _open_cache(self, source: DatasetSource) -> PseudoLabelCache:
+    def _open_cache(self, source: DatasetSource, announce: bool = False) -> PseudoLabelCache:
         if self.cache is None:
             self.vocabulary = self._vocabulary(source)
             cache = PseudoLabelCache(
@@ -367,12 +421,17 @@ class OnlinePseudoLabels(LabelSource):
                 {**self.settings(self.vocabulary), **self._exclusion_settings()},
                 self.vocabulary.palette(),
             )
+            notice = environment_notice(cache) if announce else None
+            if notice:
+                log.warning("%s", notice)
             cache.open()
             self.cache = cache
         return self.cache
 
     def prepare_data(self, source: DatasetSource) -> None:
-        cache = self._open_cache(source)  # rank 0 first: downloads checkpoints, writes the manifest
+        # rank 0 first: downloads checkpoints, writes the manifest; says so before labelling
+        # starts when only the environment keeps it from an existing cache
+        cache = self._open_cache(source, announce=True)
         removed = cache.remove_stale_temp_files()
         if removed:
             log.warning(

@@ -106,6 +106,17 @@ def _differences(expected: Any, found: Any, prefix: str = "") -> list[str]:
     return []
 
 
+def changed_entries(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """'key old -> new' for every dotted key where two JSON values differ (missing: None)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            lines.extend(changed_entries(old.get(key), new.get(key), name))
+        return lines
+    return [] if old == new else [f"{prefix or '<value>'} {old} -> {new}"]
+
+
 def encode_id(sample_id: str) -> str:
     """File-name-safe, reversible form of a sample id (percent-encoding; see ``decode_id``)."""
     if not sample_id:
@@ -324,6 +335,40 @@ class PseudoLabelCache:
                 + "\n  ".join(problems)
                 + "\nUse another cache root, or delete that directory to relabel."
             )
+
+    def environment_siblings(self, key: str = "environment") -> list[tuple[Path, list[str], int]]:
+        """Other caches of this dataset whose settings equal ours except under ``key``.
+
+        Returns (directory, 'name old -> new' differences of ``key``, number of labels) per
+        sibling, most labels first: the caches a run with this settings fingerprint could have
+        used had its environment (library versions, device, threads) been the same. A sibling
+        with an unreadable manifest, another label format or other settings is not listed.
+        """
+        ours = {k: v for k, v in self.settings.items() if k != key}
+        parent = self.root / self.dataset
+        if not parent.is_dir():
+            return []
+        found = []
+        for manifest_path in sorted(parent.glob(f"*/{MANIFEST_NAME}")):
+            directory = manifest_path.parent
+            if directory.name == self.fingerprint:
+                continue
+            try:
+                manifest = read_json(manifest_path)
+            except (CorruptFileError, DataError, OSError):
+                continue
+            settings = manifest.get("settings")
+            if (
+                not isinstance(settings, dict)
+                or manifest.get("label_format_version") != LABEL_FORMAT_VERSION
+                or {k: v for k, v in settings.items() if k != key} != ours
+            ):
+                continue
+            count = sum(1 for _ in directory.glob("*.png"))
+            found.append(
+                (directory, changed_entries(settings.get(key), self.settings.get(key)), count)
+            )
+        return sorted(found, key=lambda item: -item[2])
 
     def path(self, sample_id: str) -> Path:
         """Path of the label PNG of ``sample_id`` (which need not exist)."""
