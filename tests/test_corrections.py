@@ -102,7 +102,7 @@ def test_label_studio_round_trip_changes_training_labels_exactly_where_reviewed(
     # evaluate-labels scores the pseudo-labels against the corrections (how much changed).
     capsys.readouterr()
     args = ["--pred", str(cache.directory), "--gt", str(corrections), "--workers", "0"]
-    assert main(["evaluate-labels", *args, "--format", "json", "--no-progress"]) == 0
+    assert main(["evaluate-labels", *args, "--format", "json", "--no_progress"]) == 0
     scored = json.loads(capsys.readouterr().out)
     assert scored["num_images"] == 1 and 0 < scored["miou"] < 100
 
