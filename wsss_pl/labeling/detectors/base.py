@@ -145,6 +145,36 @@ def check_batching(batch_mode: str, batch_size: int) -> None:
         raise ValueError(f"detector batch_size must be an integer >= 1, got {batch_size!r}")
 
 
+class FrozenDetector(nn.Module):
+    """The module side every detector shares: a frozen model (eval mode, no gradients, kept in
+    eval mode inside a training LightningModule), the box threshold, the batching rules
+    (``check_batching``) and ``device``. A family adds its processor call and post-processing.
+    """
+
+    def __init__(
+        self, model: nn.Module, box_threshold: float, batch_mode: BatchMode, batch_size: int
+    ) -> None:
+        super().__init__()
+        check_batching(batch_mode, batch_size)
+        self.model = model.eval().requires_grad_(False)
+        self.box_threshold = box_threshold
+        self.batch_mode: BatchMode = batch_mode
+        self.batch_size = batch_size
+
+    def train(self, mode: bool = True) -> FrozenDetector:
+        super().train(mode)
+        self.model.eval()  # frozen: no dropout even inside a training LightningModule
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def set_threshold(self, box_threshold: float, text_threshold: float | None = None) -> None:
+        """Change the box threshold (e.g. to retry a class that got no box at a lower one)."""
+        self.box_threshold = box_threshold
+
+
 @dataclass
 class Detections:
     """The boxes found in one image, in the detector's query order (caption chunk by chunk).

@@ -8,13 +8,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.transforms.v2 import functional as tvF
 from transformers import GroundingDinoForObjectDetection, PreTrainedTokenizerBase
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from wsss_pl.labeling.detectors.base import Detections, concat_detections
+from wsss_pl.labeling.detectors.base import Detections, FrozenDetector, concat_detections
 from wsss_pl.labeling.detectors.prompt import (
     Caption,
     assign_boxes_by_argmax_word,
@@ -22,14 +22,14 @@ from wsss_pl.labeling.detectors.prompt import (
     build_captions,
 )
 from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
-from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode, per_image_bi_attention
+from wsss_pl.labeling.invariance import BatchMode, per_image_bi_attention
 from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule, detector_input_size
 from wsss_pl.weights import resolve_hub_model
 
 NEUTRAL_CAPTION = "."  # the caption of the zero images that fill a fixed-size detector batch
 
 
-class GroundingDetector(nn.Module):
+class GroundingDetector(FrozenDetector):
     """Frozen Grounding DINO (transformers) prompted with each image's class names.
 
     Each image's caption(s) come from ``build_captions`` (``caption_style``); when an image needs
@@ -79,16 +79,10 @@ class GroundingDetector(nn.Module):
         batch_mode: BatchMode = "fixed",
         batch_size: int = 4,
     ) -> None:
-        super().__init__()
-        if batch_mode not in BATCH_MODES:
-            raise ValueError(f"batch_mode must be one of {BATCH_MODES}, got {batch_mode!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"detector batch_size must be an integer >= 1, got {batch_size!r}")
-        self.model = model.eval().requires_grad_(False)
+        super().__init__(model, box_threshold, batch_mode, batch_size)
         if batch_mode == "fixed":
             per_image_bi_attention(self.model)
         self.tokenizer = tokenizer
-        self.box_threshold = box_threshold
         self.text_threshold = text_threshold
         self.max_text_tokens = min(max_text_tokens, model.config.max_text_len)
         self.image_size = image_size
@@ -98,8 +92,6 @@ class GroundingDetector(nn.Module):
         self.phrase_rule: PhraseRule = phrase_rule
         self.image_resize: ImageResize = image_resize
         self.clip_boxes = clip_boxes
-        self.batch_mode: BatchMode = batch_mode
-        self.batch_size = batch_size
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), False)
 
@@ -119,18 +111,13 @@ class GroundingDetector(nn.Module):
         model, _ = load_folder(model_dir, family)
         return cls(model, bert_tokenizer(model_dir), **kwargs)
 
-    def train(self, mode: bool = True) -> GroundingDetector:
-        super().train(mode)
-        self.model.eval()  # frozen: no dropout even inside a training LightningModule
-        return self
-
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
     def set_threshold(self, box_threshold: float, text_threshold: float | None = None) -> None:
         """Change the thresholds (e.g. to retry a class that got no box at a lower threshold)."""
-        self.box_threshold = box_threshold
+        super().set_threshold(box_threshold)
         if text_threshold is not None:
             self.text_threshold = text_threshold
 

@@ -12,8 +12,8 @@ from wsss_pl.labeling.detectors.base import (
     TINY,
     Detections,
     DetectorOptions,
+    FrozenDetector,
     HubDetectorSpec,
-    check_batching,
     class_queries,
 )
 from wsss_pl.labeling.invariance import BatchMode
@@ -21,7 +21,7 @@ from wsss_pl.labeling.invariance import BatchMode
 NEUTRAL_CLASS = "object"  # the class list of the zero images that fill a fixed batch
 
 
-class OmDetTurboDetector(nn.Module):
+class OmDetTurboDetector(FrozenDetector):
     """Frozen OmDet-Turbo (transformers ``OmDetTurboForObjectDetection``) prompted with each
     image's class phrases (prompt names + assist words, one class each) and the processor's
     default task ``"Detect a, b, c."``.
@@ -44,26 +44,9 @@ class OmDetTurboDetector(nn.Module):
         batch_mode: BatchMode = "fixed",
         batch_size: int = 4,
     ) -> None:
-        super().__init__()
-        check_batching(batch_mode, batch_size)
-        self.model = model.eval().requires_grad_(False)
+        super().__init__(model, box_threshold, batch_mode, batch_size)
         self.processor = processor
-        self.box_threshold = box_threshold
         self.nms_threshold = nms_threshold
-        self.batch_mode: BatchMode = batch_mode
-        self.batch_size = batch_size
-
-    def train(self, mode: bool = True) -> OmDetTurboDetector:
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def set_threshold(self, box_threshold: float, text_threshold: float | None = None) -> None:
-        self.box_threshold = box_threshold
 
     @torch.no_grad()
     def forward(

@@ -12,14 +12,14 @@ from wsss_pl.labeling.detectors.base import (
     TINY,
     Detections,
     DetectorOptions,
+    FrozenDetector,
     HubDetectorSpec,
-    check_batching,
     class_queries,
 )
 from wsss_pl.labeling.invariance import BatchMode
 
 
-class OwlV2Detector(nn.Module):
+class OwlV2Detector(FrozenDetector):
     """Frozen OWLv2 (transformers ``Owlv2ForObjectDetection``) prompted with each image's classes.
 
     Every phrase of an image's classes (prompt name, assist words) is one text query
@@ -51,30 +51,13 @@ class OwlV2Detector(nn.Module):
         query_template: str = "a photo of a {}",
         max_queries: int = 8,
     ) -> None:
-        super().__init__()
-        check_batching(batch_mode, batch_size)
+        super().__init__(model, box_threshold, batch_mode, batch_size)
         if max_queries < 1:
             raise ValueError(f"max_queries must be >= 1, got {max_queries}")
-        self.model = model.eval().requires_grad_(False)
         self.processor = processor
-        self.box_threshold = box_threshold
         self.clip_boxes = clip_boxes
-        self.batch_mode: BatchMode = batch_mode
-        self.batch_size = batch_size
         self.query_template = query_template
         self.max_queries = max_queries
-
-    def train(self, mode: bool = True) -> OwlV2Detector:
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def set_threshold(self, box_threshold: float, text_threshold: float | None = None) -> None:
-        self.box_threshold = box_threshold
 
     def pixel_values(self, images: list[Tensor]) -> Tensor:
         """float [B, 3, S, S]: the image processor's output for uint8 [3, H_i, W_i] images."""

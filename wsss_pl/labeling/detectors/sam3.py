@@ -37,8 +37,8 @@ from wsss_pl.labeling.detectors.base import (
     TINY,
     Detections,
     DetectorOptions,
+    FrozenDetector,
     HubDetectorSpec,
-    check_batching,
     class_queries,
     concat_detections,
 )
@@ -66,7 +66,7 @@ def take_rows(output: Any, index: Tensor, keys: tuple[str, ...]) -> Any:
     return type(output)(**fields)
 
 
-class Sam3Detector(nn.Module):
+class Sam3Detector(FrozenDetector):
     """Frozen SAM 3 prompted with each image's class phrases; returns ``Detections`` with masks
     (see the module docstring)."""
 
@@ -81,30 +81,13 @@ class Sam3Detector(nn.Module):
         batch_mode: BatchMode = "fixed",
         batch_size: int = 4,
     ) -> None:
-        super().__init__()
-        check_batching(batch_mode, batch_size)
+        super().__init__(model, box_threshold, batch_mode, batch_size)
         if output not in ("instance", "semantic"):
             raise ValueError(f"SAM 3 output must be 'instance' or 'semantic', got {output!r}")
-        self.model = model.eval().requires_grad_(False)
         self.processor = processor
-        self.box_threshold = box_threshold
         self.mask_threshold = mask_threshold
         self.output: Sam3Output = output
         self.assist_words = assist_words
-        self.batch_mode: BatchMode = batch_mode
-        self.batch_size = batch_size
-
-    def train(self, mode: bool = True) -> Sam3Detector:
-        super().train(mode)
-        self.model.eval()
-        return self
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def set_threshold(self, box_threshold: float, text_threshold: float | None = None) -> None:
-        self.box_threshold = box_threshold
 
     def prompts(self, vocabulary: ClassVocabulary, names: list[str]) -> list[tuple[str, int]]:
         """(phrase, class id) of every prompt of an image with classes ``names``."""
