@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "wsss_pl.data.datamodule": LIGHTNING_APP,
     "wsss_pl.labeling.label_pass": LIGHTNING_APP,
     "wsss_pl.callbacks": LIGHTNING_APP,
+    "wsss_pl.review_callback": LIGHTNING_APP,
     "wsss_pl.cadence": LIGHTNING_APP,
     "wsss_pl.progress": LIGHTNING_APP,
     "wsss_pl.review": LIGHTNING_APP,

@@ -25,7 +25,6 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from wsss_pl.callbacks import disagreement, log_review, review_dir
 from wsss_pl.classes import IGNORE_INDEX
 from wsss_pl.data.base import prepare_source
 from wsss_pl.data.collate import collate_samples
@@ -38,6 +37,7 @@ from wsss_pl.io import write_json
 from wsss_pl.labeling.online import OnlinePseudoLabels
 from wsss_pl.metrics import ConfusionMatrix, count_labels, iou_from_confusion
 from wsss_pl.progress import Progress
+from wsss_pl.review_callback import disagreement, log_review, review_dir
 
 log = logging.getLogger(__name__)
 
