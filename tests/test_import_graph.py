@@ -56,6 +56,8 @@ LAYERS: dict[str, int] = {
     "wsss_pl.module": LIGHTNING_APP,
     "wsss_pl.data.datamodule": LIGHTNING_APP,
     "wsss_pl.labeling.label_pass": LIGHTNING_APP,
+    "wsss_pl.labeling.label_batches": LIGHTNING_APP,
+    "wsss_pl.labeling.label_report": LIGHTNING_APP,
     "wsss_pl.callbacks": LIGHTNING_APP,
     "wsss_pl.review_callback": LIGHTNING_APP,
     "wsss_pl.cadence": LIGHTNING_APP,
@@ -67,6 +69,7 @@ LAYERS: dict[str, int] = {
     "wsss_pl.corrections": DOMAIN,
     "wsss_pl.classes": DOMAIN,
     "wsss_pl.metrics": DOMAIN,
+    "wsss_pl.label_scores": DOMAIN,
     "wsss_pl.diagnosis": DOMAIN,
     "wsss_pl.requirements": DOMAIN,
     "wsss_pl.options": DOMAIN,
@@ -99,10 +102,6 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
     ("wsss_pl.labeling.detectors.sam3", "wsss_pl.labeling.tiny"),
 }
 KNOWN_UPWARD_EDGES: set[tuple[str, str]] = {
-    # The label pass prints its score with evaluate-labels' table; finished by moving
-    # LabelEvaluation / format_table below the command line (evaluation.py re-exporting them)
-    # and importing them from there in label_pass.py (being edited elsewhere now).
-    ("wsss_pl.labeling.label_pass", "wsss_pl.evaluation"),
     # The cache paints its PNGs with the VOC palette from the vocabularies; finished by moving
     # the palette into the storage / io layer (cache.py is being edited elsewhere now).
     ("wsss_pl.labeling.storage.cache", "wsss_pl.classes"),
