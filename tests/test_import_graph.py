@@ -75,6 +75,7 @@ LAYERS: dict[str, int] = {
     "wsss_pl.options": DOMAIN,
     "wsss_pl.labeling.storage": STORAGE,
     "wsss_pl.io": STORAGE,
+    "wsss_pl.palette": STORAGE,
     "wsss_pl.weights": STORAGE,
     "wsss_pl.weights_registry": STORAGE,
     "wsss_pl.weights_loading": STORAGE,
@@ -101,12 +102,7 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
     ("wsss_pl.labeling.detectors.owlv2", "wsss_pl.labeling.tiny"),
     ("wsss_pl.labeling.detectors.sam3", "wsss_pl.labeling.tiny"),
 }
-KNOWN_UPWARD_EDGES: set[tuple[str, str]] = {
-    # The cache paints its PNGs with the VOC palette from the vocabularies; finished by moving
-    # the palette into the storage / io layer (cache.py is being edited elsewhere now).
-    ("wsss_pl.labeling.storage.cache", "wsss_pl.classes"),
-    ("wsss_pl.labeling.storage.corrections", "wsss_pl.classes"),
-}
+KNOWN_UPWARD_EDGES: set[tuple[str, str]] = set()
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
