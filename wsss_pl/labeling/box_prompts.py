@@ -258,6 +258,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
         super().setup(source)
 
     def build_labeler(self) -> BoxLabeler:  # type: ignore[override]
+        from wsss_pl.labeling.labeller_factory import build_segmenter
         from wsss_pl.labeling.segmenters.sam import SamSegmenter
         from wsss_pl.labeling.tiny import tiny_segmenter
 
@@ -268,7 +269,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             "image_resize": self.image_resize,
         }
         if self.segmenter is not None:
-            segmenter = self.segmenter.build(**options)
+            segmenter = build_segmenter(self.segmenter, **options)
         elif self.sam_checkpoint == TINY:
             segmenter = tiny_segmenter(**options)
         else:

@@ -1,13 +1,35 @@
 """Building the frozen labelling models of a label source: the detector from its
 ``DetectorSpec``, the segmenter from its ``SegmenterSpec`` or segment-anything SAM, and the
-``PseudoLabeler`` around them. Called once per label source, on first need (CPU)."""
+``PseudoLabeler`` around them. A spec naming the ``tiny`` model is resolved here (its tiny
+random model from ``wsss_pl.labeling.tiny``), so no model module imports the tiny builders. Called once per label source, on first need (CPU)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
+from wsss_pl.labeling.detectors import DetectorOptions, DetectorSpec
 from wsss_pl.labeling.labeler import PseudoLabeler
-from wsss_pl.labeling.segmenters.base import TINY
+from wsss_pl.labeling.segmenters.base import TINY, SegmenterSpec
+from wsss_pl.labeling.tiny import (
+    build_tiny_detector,
+    build_tiny_segmenter,
+    is_tiny,
+    tiny_segmenter,
+)
+
+
+def build_detector(spec: DetectorSpec, options: DetectorOptions) -> nn.Module:
+    """``spec``'s frozen detector module: its tiny random model when it names ``tiny`` (built by
+    ``wsss_pl.labeling.tiny``), else ``spec.build(options)``."""
+    return build_tiny_detector(spec, options) if is_tiny(spec) else spec.build(options)
+
+
+def build_segmenter(spec: SegmenterSpec, **options: Any) -> nn.Module:
+    """``spec``'s frozen segmenter module (``options``: ``encoder_batch_size``,
+    ``image_resize``): its tiny random model when it names ``tiny``, else ``spec.build``."""
+    return build_tiny_segmenter(spec, **options) if is_tiny(spec) else spec.build(**options)
 
 
 def build_pseudo_labeler(labels: Any) -> PseudoLabeler:
@@ -16,9 +38,8 @@ def build_pseudo_labeler(labels: Any) -> PseudoLabeler:
     ``Any``: naming the label source's class here would import it back."""
     from wsss_pl.labeling.segmenters.sam import SamSegmenter
     from wsss_pl.labeling.segmenters.sam_fast import compile_blocks, use_attention
-    from wsss_pl.labeling.tiny import tiny_segmenter
 
-    detector = labels.detector_spec.build(labels.detector_options())
+    detector = build_detector(labels.detector_spec, labels.detector_options())
     sam_options = {
         "encoder_batch_size": 1
         if labels.batch_mode == "per_image"
@@ -30,7 +51,7 @@ def build_pseudo_labeler(labels: Any) -> PseudoLabeler:
     if labels.detector_spec.provides_masks:
         segmenter = None  # the detector's own masks (SAM 3)
     elif labels.segmenter is not None:
-        segmenter = labels.segmenter.build(**sam_options)
+        segmenter = build_segmenter(labels.segmenter, **sam_options)
         if type(segmenter) is SamSegmenter:  # the fast path is for segment-anything's ViT
             use_attention(segmenter.sam.image_encoder, labels.sam_attention)
             if labels.sam_compile:
