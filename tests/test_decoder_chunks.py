@@ -20,6 +20,7 @@ from wsss_pl.classes import VOC
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.folder import ImageFolder
 from wsss_pl.labeling.label_pass import run_label_pass
+from wsss_pl.labeling.labeller_factory import build_segmenter
 from wsss_pl.labeling.online import OnlinePseudoLabels
 from wsss_pl.labeling.segmenters import HQSamSpec, Sam2Spec, Sam3TrackerSpec, SamSegmenter
 from wsss_pl.labeling.segmenters.chunks import PaddingCounts, decode_in_chunks
@@ -123,9 +124,11 @@ def test_decode_in_chunks_bounds_calls_and_counts_padding() -> None:
 def test_every_box_prompted_sam_family_decodes_in_chunks(spec: str, image) -> None:
     """HQ-SAM, SAM 2.1 and the SAM 3 tracker go through the same chunking (SAM: above)."""
     built = {
-        "hq_sam": lambda: HQSamSpec(checkpoint="tiny").build(encoder_batch_size=1),
-        "sam2": lambda: Sam2Spec(model="tiny").build(encoder_batch_size=1),
-        "sam3_tracker": lambda: Sam3TrackerSpec(model="tiny").build(encoder_batch_size=1),
+        "hq_sam": lambda: build_segmenter(HQSamSpec(checkpoint="tiny"), encoder_batch_size=1),
+        "sam2": lambda: build_segmenter(Sam2Spec(model="tiny"), encoder_batch_size=1),
+        "sam3_tracker": lambda: build_segmenter(
+            Sam3TrackerSpec(model="tiny"), encoder_batch_size=1
+        ),
     }[spec]()
     if spec != "sam3_tracker":  # informative weights: masks well away from the threshold
         inner = "sam" if spec == "hq_sam" else "model"

@@ -52,6 +52,7 @@ from wsss_pl.labeling.detectors import (
     class_queries,
 )
 from wsss_pl.labeling.label_pass import run_label_pass
+from wsss_pl.labeling.labeller_factory import build_detector
 from wsss_pl.labeling.online import OnlinePseudoLabels
 from wsss_pl.labeling.tiny import (
     informative_tiny,
@@ -139,7 +140,7 @@ def test_mm_grounding_dino_comparison_fails_with_another_resize(
 
 
 def test_mm_grounding_dino_spec_builds_a_per_image_softmax_detector() -> None:
-    detector = MMGroundingDinoSpec("tiny").build(DetectorOptions())
+    detector = build_detector(MMGroundingDinoSpec("tiny"), DetectorOptions())
     patched = [m for m in detector.modules() if type(m).__name__.startswith("PerImage")]
     assert len(patched) == 1  # the bi-attention's batch-wide max shift is taken per image
 
@@ -290,7 +291,7 @@ def test_omdet_turbo_comparison_fails_with_another_class_order(sample_data, omde
 def test_fixed_batches_give_bit_identical_detections(sample_data, spec) -> None:
     image = as_tensor(real_image(sample_data))
     mate = torch.flip(image, dims=[-1]).contiguous()  # same shape, other content
-    detector = spec.build(DetectorOptions(box_threshold=0.05, batch_size=2))
+    detector = build_detector(spec, DetectorOptions(box_threshold=0.05, batch_size=2))
     present = [["dog", "horse"], ["tvmonitor", "cat"]]  # 4 phrases each
     alone = detector([image], present[:1], VOC)[0]
     batched = detector([mate, image], present[::-1], VOC)[1]

@@ -399,7 +399,7 @@ BOXES = torch.tensor([[40.0, 30, 300, 260], [200, 60, 480, 270]])  # on the 500 
 def save_sam2(directory: Path) -> Path:
     from transformers import Sam2ImageProcessor, Sam2Processor
 
-    from wsss_pl.labeling.segmenters import tiny_sam2
+    from wsss_pl.labeling.tiny import tiny_sam2
 
     scale_mask_logits(tiny_sam2(), 2.0**20).save_pretrained(directory)
     Sam2Processor(image_processor=Sam2ImageProcessor()).save_pretrained(directory)

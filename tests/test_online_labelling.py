@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from cli_runner import REPO, run_cli
-from wsss_pl.callbacks import _wandb_boxes
 from wsss_pl.data.collate import collate_samples
 from wsss_pl.data.datamodule import WSSSDataModule
 from wsss_pl.data.synthetic import SyntheticVOC
@@ -21,6 +20,7 @@ from wsss_pl.labeling.labeler import PseudoLabeler
 from wsss_pl.labeling.online import OnlinePseudoLabels
 from wsss_pl.models import DeepLabV2
 from wsss_pl.module import SegmentationModule
+from wsss_pl.review_callback import _wandb_boxes
 
 NUM_TRAIN = 10  # not a multiple of the batch size (4): no id may wait for a later epoch
 

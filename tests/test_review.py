@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wsss_pl.callbacks import _augmented_boxes, _same_size, review_row
 from wsss_pl.classes import VOC
 from wsss_pl.data.augment import BatchAugment
 from wsss_pl.review import EMPTY, GAP, MIN_PANEL_WIDTH, PALETTE, TITLE_HEIGHT, compose
+from wsss_pl.review_callback import _augmented_boxes, _same_size, review_row
 
 NAMES = ["background", *VOC.class_names]
 DOG = 12

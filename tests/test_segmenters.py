@@ -83,11 +83,12 @@ def test_hq_sam_comparison_fails_on_a_mistake(image, hq_segmenter, mistake: str)
 
 
 def test_sam_spec_is_the_default_segmenter(image: torch.Tensor) -> None:
+    from wsss_pl.labeling.labeller_factory import build_segmenter
     from wsss_pl.labeling.tiny import tiny_segmenter
 
     spec = SamSpec(checkpoint="tiny")
     assert spec.settings() == {"type": "tiny", "seed": 0}  # the fingerprint as before
-    ((masks, _),) = spec.build()([image], [BOXES])
+    ((masks, _),) = build_segmenter(spec)([image], [BOXES])
     ((reference, _),) = tiny_segmenter()([image], [BOXES])
     assert torch.equal(masks, reference)
 

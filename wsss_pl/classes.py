@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wsss_pl.errors import UnknownClassError
+from wsss_pl.palette import voc_palette  # noqa: F401  (re-exported: callers import it here)
 
 IGNORE_INDEX = 255
 
@@ -57,21 +58,6 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
     56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
     85, 86, 87, 88, 89, 90,
 )  # fmt: skip
-
-
-def voc_palette(num_entries: int = 256) -> list[int]:
-    """The standard VOC bitwise colour map as a flat [r, g, b, ...] list of 3 * num_entries ints."""
-    palette: list[int] = []
-    for index in range(num_entries):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette.extend((r, g, b))
-    return palette
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ A box reaching past the image edge is clipped to the image (as torchvision, dete
 do) and counted (``clipped_boxes`` in the label-pass report); a box that does not overlap its
 image at all, or that is not 4 finite numbers with x2 > x1 and y2 > y1, is a DataError naming
 the file and the box.
+
+The readers, one per format, are in ``wsss_pl.labeling.box_files`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -28,442 +30,43 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from xml.etree import ElementTree as ET
 
 import torch
-from torch import Tensor, nn
 
-from wsss_pl.classes import IGNORE_INDEX, ClassVocabulary
+from wsss_pl.classes import ClassVocabulary
 from wsss_pl.data.base import DatasetSource
-from wsss_pl.errors import CorruptFileError, DataError, UnknownClassError
-from wsss_pl.io import read_json
+from wsss_pl.errors import DataError
+from wsss_pl.labeling.box_files import (
+    ImageBoxes,
+    box_pixels,  # noqa: F401  (re-exported)
+    check_box,  # noqa: F401
+    check_overlap,  # noqa: F401
+    clip_to_image,
+    coco_boxes,
+    json_boxes,
+    voc_xml_boxes,
+    yolo_boxes,
+)
+from wsss_pl.labeling.box_files.boxes import _check_box_ids
+from wsss_pl.labeling.box_labeler import (
+    BoxLabeler,
+    BoxMissingPolicy,
+    CrowdMode,
+    _BoundBoxLabeler,
+)
 from wsss_pl.labeling.invariance import BatchMode
-from wsss_pl.labeling.labeler import LabelResult
 from wsss_pl.labeling.merge import (
     ConflictPolicy,
     MergePolicy,
-    mark_missing_classes,
-    merge_instances,
 )
 from wsss_pl.labeling.online import TINY, OnlinePseudoLabels
 from wsss_pl.labeling.segmenters import SegmenterSpec
 from wsss_pl.labeling.segmenters.chunks import DEFAULT_DECODER_BATCH_SIZE
-from wsss_pl.labeling.storage.cache import encode_rle
 
 log = logging.getLogger(__name__)
-
-CrowdMode = Literal["box", "mask"]
-BoxMissingPolicy = Literal["leave", "ignore_background"]
-
-
-@dataclass(frozen=True)
-class ImageBoxes:
-    """The boxes of one image.
-
-    Attributes:
-        boxes: float32 [N, 4] xyxy pixels (0-based, x2/y2 exclusive).
-        labels: int64 [N] class ids 1..C.
-        crowd: bool [N], True for crowd boxes (their region becomes 255, not a class).
-    """
-
-    boxes: Tensor
-    labels: Tensor
-    crowd: Tensor
-
-    @classmethod
-    def empty(cls) -> ImageBoxes:
-        return cls(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=bool))
-
-    @classmethod
-    def from_rows(cls, rows: list[tuple[list[float], int, bool]]) -> ImageBoxes:
-        if not rows:
-            return cls.empty()
-        return cls(
-            torch.tensor([r[0] for r in rows], dtype=torch.float32),
-            torch.tensor([r[1] for r in rows], dtype=torch.long),
-            torch.tensor([r[2] for r in rows], dtype=torch.bool),
-        )
-
-    def as_json(self) -> list[list[Any]]:
-        return [
-            [[round(float(v), 3) for v in b], int(c), bool(k)]
-            for b, c, k in zip(
-                self.boxes.tolist(), self.labels.tolist(), self.crowd.tolist(), strict=True
-            )
-        ]
-
-
-# --- checking boxes -------------------------------------------------------------------------
-def check_box(box: Any, where: str) -> list[float]:
-    """``box`` as 4 floats xyxy, or a one-line DataError naming ``where`` and the box: each value
-    a finite number (not a string or bool) and x2 > x1, y2 > y1."""
-    numbers = (
-        isinstance(box, list | tuple)
-        and len(box) == 4
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in box)
-    )
-    if not numbers or not all(math.isfinite(v) for v in box):
-        raise DataError(f"{where}: box {box!r} is not 4 finite numbers [x1, y1, x2, y2]")
-    if box[2] <= box[0] or box[3] <= box[1]:
-        raise DataError(f"{where}: box {box!r} is not xyxy pixels with x2 > x1, y2 > y1")
-    return [float(v) for v in box]
-
-
-def check_overlap(boxes: ImageBoxes, height: int, width: int, where: str) -> None:
-    """A DataError naming ``where`` and the first box that does not overlap the ``height`` x
-    ``width`` image at all (a box in other units or of another image: clipping would leave
-    nothing of it)."""
-    if len(boxes.boxes) == 0:
-        return
-    xyxy = boxes.boxes
-    disjoint = (
-        (xyxy[:, 0] >= width) | (xyxy[:, 1] >= height) | (xyxy[:, 2] <= 0) | (xyxy[:, 3] <= 0)
-    )
-    if bool(disjoint.any()):
-        box = [round(v, 2) for v in xyxy[int(disjoint.nonzero()[0])].tolist()]
-        raise DataError(
-            f"{where}: box {box} (xyxy, 0-based) does not overlap the {width}x{height} image; "
-            "fix the box or its file (other units, or another image's box?)"
-        )
-
-
-def clip_to_image(boxes: ImageBoxes, height: int, width: int, where: str) -> tuple[ImageBoxes, int]:
-    """Boxes clipped to the ``height`` x ``width`` image, and how many were clipped.
-
-    A box reaching past the image edge (detectors and annotation tools commonly give them; as
-    torchvision / detectron2 / mmdet do) keeps its part inside the image; a box that does not
-    overlap the image at all is a DataError naming ``where`` (``check_overlap``).
-
-    Returns:
-        (boxes float32 [N, 4] within [0, width] x [0, height], number of boxes that changed).
-    """
-    check_overlap(boxes, height, width, where)
-    if len(boxes.boxes) == 0:
-        return boxes, 0
-    limit = torch.tensor([width, height, width, height], dtype=boxes.boxes.dtype)
-    clipped = torch.minimum(boxes.boxes.clamp(min=0), limit)
-    changed = int((clipped != boxes.boxes).any(dim=1).sum())
-    return ImageBoxes(clipped, boxes.labels, boxes.crowd), changed
-
-
-def box_pixels(box: list[float]) -> tuple[slice, slice]:
-    """(rows, columns) of the pixels inside an xyxy box: pixel x is inside when its centre
-    x + 0.5 lies in [x1, x2), i.e. ceil(x1 - 0.5) <= x < ceil(x2 - 0.5) (same for y)."""
-    x1, y1, x2, y2 = (max(0, math.ceil(v - 0.5)) for v in box)
-    return slice(y1, y2), slice(x1, x2)
-
-
-# --- reading boxes --------------------------------------------------------------------------
-def coco_boxes(annotation_file: str | Path, vocabulary: ClassVocabulary) -> dict[str, ImageBoxes]:
-    """Boxes of a COCO instances JSON, keyed by image file stem; ``bbox`` xywh -> xyxy.
-
-    Annotations without a positive-size ``bbox`` are skipped (they cannot prompt SAM).
-    """
-    path = Path(annotation_file)
-    content = read_json(path)
-    if not isinstance(content, dict) or "images" not in content or "annotations" not in content:
-        raise DataError(f"{path} is not a COCO instances file (needs 'images' and 'annotations')")
-    if vocabulary.category_ids is None:
-        raise DataError(f"{path}: COCO boxes need a vocabulary with COCO category ids")
-    to_label = {c: i + 1 for i, c in enumerate(vocabulary.category_ids)}
-    stems = {image["id"]: Path(image["file_name"]).stem for image in content["images"]}
-    rows: dict[str, list[tuple[list[float], int, bool]]] = {stem: [] for stem in stems.values()}
-    for annotation in content["annotations"]:
-        if annotation.get("image_id") not in stems:
-            raise DataError(
-                f"{path}: annotation {annotation.get('id')} has image_id "
-                f"{annotation.get('image_id')!r}, which no entry of 'images' has"
-            )
-        label = to_label.get(annotation["category_id"])
-        if label is None:
-            raise UnknownClassError(
-                f"{path}: annotation {annotation.get('id')} has unknown category id "
-                f"{annotation['category_id']}"
-            )
-        bbox = annotation.get("bbox") or [0, 0, 0, 0]
-        if not (
-            isinstance(bbox, list)
-            and len(bbox) == 4
-            and all(isinstance(v, int | float) and math.isfinite(v) for v in bbox)
-        ):
-            raise DataError(f"{path}: annotation {annotation.get('id')} has bbox {bbox!r}")
-        x, y, w, h = (float(v) for v in bbox)
-        if w <= 0 or h <= 0:
-            continue
-        rows[stems[annotation["image_id"]]].append(
-            ([x, y, x + w, y + h], label, bool(annotation.get("iscrowd", 0)))
-        )
-    return {stem: ImageBoxes.from_rows(r) for stem, r in rows.items()}
-
-
-def voc_xml_boxes(
-    path: str | Path, vocabulary: ClassVocabulary, include_difficult: bool = True
-) -> ImageBoxes:
-    """Boxes of one VOC annotation XML (1-based inclusive bndbox -> 0-based xyxy)."""
-    path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as error:
-        raise CorruptFileError(
-            f"annotation {path} is not valid XML ({error}); replace it"
-        ) from error
-    rows: list[tuple[list[float], int, bool]] = []
-    for obj in root.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        if name not in vocabulary.class_names:
-            raise UnknownClassError(
-                f"{path}: object class {name!r} is not one of {', '.join(vocabulary.class_names)}"
-            )
-        if not include_difficult and (obj.findtext("difficult") or "0").strip() == "1":
-            continue
-        box = obj.find("bndbox")
-        try:
-            coords = [float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr,arg-type]
-        except (AttributeError, TypeError, ValueError) as error:
-            raise CorruptFileError(f"{path}: object {name!r} has no valid <bndbox>") from error
-        xyxy = check_box([coords[0] - 1, coords[1] - 1, coords[2], coords[3]], f"{path}: {name!r}")
-        rows.append((xyxy, vocabulary.label_id(name), False))
-    boxes = ImageBoxes.from_rows(rows)
-    try:  # the size the annotation was drawn on; boxes_of clips to the decoded image
-        height, width = (int(root.findtext(f"size/{k}") or "") for k in ("height", "width"))
-    except ValueError:
-        return boxes
-    if height > 0 and width > 0:
-        check_overlap(boxes, height, width, str(path))
-    return boxes
-
-
-def json_boxes(path: str | Path, vocabulary: ClassVocabulary) -> dict[str, ImageBoxes]:
-    """A user box file ``{id: [{"box": [x1, y1, x2, y2], "class": name, "crowd": bool}]}``."""
-    path = Path(path)
-    content = read_json(path)
-    if not isinstance(content, dict):
-        raise DataError(f"box file {path} must be a JSON object {{id: [{{box, class}}, ...]}}")
-    result: dict[str, ImageBoxes] = {}
-    for sample_id, entries in content.items():
-        rows: list[tuple[list[float], int, bool]] = []
-        for k, entry in enumerate(entries if isinstance(entries, list) else [None]):
-            where = f"box file {path}: {sample_id!r} entry {k}"
-            if not isinstance(entry, dict) or "box" not in entry or "class" not in entry:
-                raise DataError(f'{where} must be {{"box": [x1, y1, x2, y2], "class": name}}')
-            box = check_box(entry["box"], where)
-            if entry["class"] not in vocabulary.class_names:
-                raise UnknownClassError(
-                    f"{where}: class {entry['class']!r} is not one of "
-                    f"{', '.join(vocabulary.class_names)}"
-                )
-            rows.append(
-                (
-                    box,
-                    vocabulary.label_id(entry["class"]),
-                    bool(entry.get("crowd")),
-                )
-            )
-        result[str(sample_id)] = ImageBoxes.from_rows(rows)
-    return result
-
-
-def yolo_boxes(path: Path, height: int, width: int, vocabulary: ClassVocabulary) -> ImageBoxes:
-    """One YOLO label file (``class cx cy w h`` per line, normalised) in pixels of the image."""
-    rows: list[tuple[list[float], int, bool]] = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        try:
-            index, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:5])
-        except (ValueError, IndexError) as error:
-            raise DataError(f"{path}:{number}: expected 'class cx cy w h', got {line!r}") from error
-        values = (cx, cy, w, h)
-        if not all(0 <= v <= 1 for v in values) or w <= 0 or h <= 0:  # also refuses nan
-            raise DataError(
-                f"{path}:{number}: box {line.strip()!r} must be 'class cx cy w h' normalised to "
-                "[0, 1] with w, h > 0 (YOLO format)"
-            )
-        if not 0 <= index < vocabulary.num_classes:
-            raise UnknownClassError(
-                f"{path}:{number}: class index {index} outside 0..{vocabulary.num_classes - 1}"
-            )
-        box = [
-            (cx - w / 2) * width,
-            (cy - h / 2) * height,
-            (cx + w / 2) * width,
-            (cy + h / 2) * height,
-        ]
-        rows.append((box, index + 1, False))
-    return ImageBoxes.from_rows(rows)
-
-
-def _check_box_ids(source: DatasetSource, ids: list[str], path: Path) -> None:
-    """A DataError naming ``path`` when it has no ids or an id whose image the training split
-    cannot find (e.g. keyed by file name with extension): its boxes would never be used, and the
-    images they were meant for would be labelled as all background."""
-    dataset = source.dataset("train")
-    known = set(dataset.ids)
-
-    def has_image(sample_id: str) -> bool:
-        if sample_id in known:
-            return True
-        try:  # an image of the dataset outside the training split (e.g. train_aug ids)
-            return dataset.image_path(sample_id).is_file()
-        except (KeyError, OSError, ValueError):
-            return False
-
-    if not ids:
-        raise DataError(f"box file {path} has no boxes (no ids); give boxes or remove box_file")
-    unmatched = [i for i in ids if not has_image(i)]
-    if unmatched:
-        example = sorted(known)[0] if known else "?"
-        raise DataError(
-            f"box file {path}: {len(unmatched)} of {len(ids)} ids match no image, e.g. "
-            f"{unmatched[0]!r}; ids are image file stems like {example!r}"
-        )
-
-
-# --- labelling ------------------------------------------------------------------------------
-class BoxLabeler(nn.Module):
-    """Frozen SAM turning class-labelled boxes into one label map per image (no detector).
-
-    Args:
-        segmenter: called as ``segmenter(images, boxes)`` -> per image ``(masks, scores)``
-            (``wsss_pl.labeling.segmenters.sam.SamSegmenter`` or any segmenter with that interface).
-        vocabulary: the class names (for metadata and missing-class names).
-        merge_policy, conflict: as ``merge_instances`` (box order = annotation order;
-            ``score`` ranks by SAM's predicted IoU).
-        missing_class_policy: an image-level class without any box: ``leave`` or
-            ``ignore_background`` (background pixels 255).
-        crowd: ``box`` sets the whole crowd box to 255 where no instance covers it; ``mask``
-            only SAM's mask of the crowd box.
-    """
-
-    def __init__(
-        self,
-        segmenter: nn.Module,
-        vocabulary: ClassVocabulary,
-        merge_policy: MergePolicy = "paper",
-        conflict: ConflictPolicy = "keep",
-        missing_class_policy: BoxMissingPolicy = "leave",
-        crowd: CrowdMode = "box",
-    ) -> None:
-        super().__init__()
-        if crowd not in ("box", "mask"):
-            raise ValueError(f"crowd must be 'box' or 'mask', got {crowd!r}")
-        self.segmenter = segmenter
-        self.vocabulary = vocabulary
-        self.merge_policy: MergePolicy = merge_policy
-        self.conflict: ConflictPolicy = conflict
-        self.missing_class_policy: BoxMissingPolicy = missing_class_policy
-        self.crowd: CrowdMode = crowd
-
-    @torch.no_grad()
-    def forward(
-        self, images: list[Tensor], boxes: list[ImageBoxes], present: list[list[str]]
-    ) -> list[LabelResult]:
-        """Label a batch.
-
-        Args:
-            images: B uint8 [3, H_i, W_i] RGB on the segmenter's device.
-            boxes: B ``ImageBoxes`` (xyxy pixels of the matching image).
-            present: B lists of image-level class names.
-
-        Returns:
-            B ``LabelResult``: one instance (and one RLE mask) per non-crowd box.
-        """
-        clipped = [self._clip(b, image) for b, image in zip(boxes, images, strict=True)]
-        prompts = [b.boxes[~b.crowd] if self.crowd == "box" else b.boxes for b in clipped]
-        device = images[0].device if images else torch.device("cpu")
-        segments = self.segmenter(images, [p.to(device) for p in prompts])
-        return [
-            self._merge(image, b, names, masks, scores)
-            for image, b, names, (masks, scores) in zip(
-                images, clipped, present, segments, strict=True
-            )
-        ]
-
-    @staticmethod
-    def _clip(boxes: ImageBoxes, image: Tensor) -> ImageBoxes:
-        """Clip to the image; drop boxes that are empty once clipped."""
-        height, width = image.shape[-2:]
-        xyxy = boxes.boxes.clone()
-        xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, width)
-        xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, height)
-        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-        return ImageBoxes(xyxy[keep], boxes.labels[keep], boxes.crowd[keep])
-
-    def _merge(
-        self, image: Tensor, boxes: ImageBoxes, names: list[str], masks: Tensor, scores: Tensor
-    ) -> LabelResult:
-        height, width = image.shape[-2:]
-        device = masks.device
-        crowd = boxes.crowd.to(device)
-        if self.crowd == "box":
-            instance_masks, instance_scores = masks, scores
-            crowd_region = torch.zeros(height, width, dtype=torch.bool, device=device)
-            for box in boxes.boxes[boxes.crowd].tolist():
-                crowd_region[box_pixels(box)] = True
-        else:
-            instance_masks, instance_scores = masks[~crowd], scores[~crowd]
-            crowd_region = masks[crowd].any(dim=0) if bool(crowd.any()) else None
-        labels = boxes.labels[~boxes.crowd].to(device)
-        instance_boxes = boxes.boxes[~boxes.crowd]
-        label = merge_instances(
-            instance_masks, labels, instance_scores, self.merge_policy, self.conflict
-        )
-        if crowd_region is not None:
-            covered = (
-                instance_masks.any(dim=0) if len(instance_masks) else torch.zeros_like(crowd_region)
-            )
-            label = label.masked_fill(crowd_region & ~covered, IGNORE_INDEX)
-        found = set(boxes.labels.tolist())  # a class with only crowd boxes is not missing
-        missing = [n for n in names if self.vocabulary.label_id(n) not in found]
-        if missing and self.missing_class_policy == "ignore_background":
-            label = mark_missing_classes(
-                label, [self.vocabulary.label_id(n) for n in missing], "ignore_background"
-            )
-        instances = [
-            {
-                "label": int(class_id),
-                "class": self.vocabulary.class_names[int(class_id) - 1],
-                "phrase": "box",
-                "score": round(float(score), 5),
-                "box": [round(float(v), 2) for v in box.tolist()],
-                "rle": encode_rle(mask),
-            }
-            for class_id, score, box, mask in zip(
-                labels.tolist(), instance_scores, instance_boxes, instance_masks, strict=True
-            )
-        ]
-        metadata = {
-            "height": int(height),
-            "width": int(width),
-            "classes": list(names),
-            "instances": instances,
-            "crowd_boxes": [
-                [round(float(v), 2) for v in b] for b in boxes.boxes[boxes.crowd].tolist()
-            ],
-            "missing_classes": missing,
-            "num_unmatched_boxes": 0,
-        }
-        return LabelResult(label.to(torch.uint8), metadata, missing, 0)
-
-
-class _BoundBoxLabeler:
-    """The ``labeler(images, present)`` call of ``OnlinePseudoLabels.label_batch`` with the boxes
-    of the batch's unlabelled samples bound in (the online source's labeler sees no ids)."""
-
-    def __init__(self, labeler: BoxLabeler, boxes: list[ImageBoxes]) -> None:
-        self.labeler = labeler
-        self.boxes = boxes
-
-    def __call__(self, images: list[Tensor], present: list[list[str]]) -> list[LabelResult]:
-        if len(images) != len(self.boxes):
-            raise RuntimeError(f"{len(images)} images to label but boxes for {len(self.boxes)}")
-        return self.labeler(images, self.boxes, present)
 
 
 class BoxPromptLabels(OnlinePseudoLabels):
@@ -655,6 +258,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
         super().setup(source)
 
     def build_labeler(self) -> BoxLabeler:  # type: ignore[override]
+        from wsss_pl.labeling.labeller_factory import build_segmenter
         from wsss_pl.labeling.segmenters.sam import SamSegmenter
         from wsss_pl.labeling.tiny import tiny_segmenter
 
@@ -665,7 +269,7 @@ class BoxPromptLabels(OnlinePseudoLabels):
             "image_resize": self.image_resize,
         }
         if self.segmenter is not None:
-            segmenter = self.segmenter.build(**options)
+            segmenter = build_segmenter(self.segmenter, **options)
         elif self.sam_checkpoint == TINY:
             segmenter = tiny_segmenter(**options)
         else:

@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from jsonargparse.typing import NonNegativeInt, NotEmptyStr
 
 from wsss_pl.classes import ClassVocabulary
-from wsss_pl.data.base import DatasetSource, Sample
+from wsss_pl.data.base import DatasetSource
 from wsss_pl.data.label_sources import LabelSource, TargetLoader
 from wsss_pl.errors import CacheError
-from wsss_pl.labeling.detectors import DetectorOptions, DetectorSpec, GroundingDinoSpec
+from wsss_pl.labeling.detector_rows import DetectorRows
+from wsss_pl.labeling.detectors import DetectorSpec, GroundingDinoSpec
 from wsss_pl.labeling.exclusion import with_exclusion_phrases
 from wsss_pl.labeling.invariance import (
     BATCH_MODES,
@@ -31,7 +31,13 @@ from wsss_pl.labeling.invariance import (
     environment,
 )
 from wsss_pl.labeling.labeler import MissingClassPolicy, PseudoLabeler
+from wsss_pl.labeling.labeller_factory import build_pseudo_labeler
 from wsss_pl.labeling.merge import ConflictPolicy, MergePolicy
+from wsss_pl.labeling.online_cache import (  # noqa: F401  (environment_notice: re-exported)
+    _CachedTarget,
+    environment_notice,
+    read_manifest_environment,
+)
 from wsss_pl.labeling.rules import (
     PRESETS,
     CaptionStyle,
@@ -41,7 +47,7 @@ from wsss_pl.labeling.rules import (
 )
 from wsss_pl.labeling.segmenters import SegmenterSpec
 from wsss_pl.labeling.segmenters.chunks import DEFAULT_DECODER_BATCH_SIZE, PaddingCounts
-from wsss_pl.labeling.storage.cache import MANIFEST_NAME, PseudoLabelCache
+from wsss_pl.labeling.storage.cache import PseudoLabelCache
 from wsss_pl.labeling.storage.corrections import CORRECTIONS_DIR, CorrectionsLayer
 from wsss_pl.labeling.storage.writer import CacheWriter, to_cpu_once
 
@@ -51,110 +57,7 @@ TINY = "tiny"  # model name of the tiny randomly initialised models (demos and t
 REVIEW_SAMPLES = 8  # labelled samples kept per epoch for the review callback
 
 
-class _CachedTarget:
-    """Worker-side loader: the cached label of a sample, or None when it must be made.
-
-    A label made for other image-level classes (the labels file was corrected since) is stale:
-    it is made again rather than trained on.
-    """
-
-    def __init__(
-        self,
-        cache: PseudoLabelCache,
-        class_names: tuple[str, ...],
-        corrections: CorrectionsLayer | None = None,
-    ) -> None:
-        self.cache = cache
-        self.class_names = class_names
-        self.corrections = corrections
-
-    def __call__(self, sample: Sample) -> torch.Tensor | None:
-        if self.corrections is not None:  # a reviewer's label wins over the pseudo-label
-            corrected = self.corrections.load(sample["id"])
-            if corrected is not None:
-                if corrected.shape != sample["image"].shape[1:]:
-                    raise CacheError(
-                        f"corrected label {self.corrections.path(sample['id'])} is "
-                        f"{tuple(corrected.shape)} but image {sample['id']} is "
-                        f"{tuple(sample['image'].shape[1:])}; re-import it for this image"
-                    )
-                return corrected
-        label = self.cache.load(sample["id"])
-        if label is None:
-            return None
-        metadata = self.cache.load_metadata(sample["id"]) or {}
-        present = [
-            self.class_names[i] for i in torch.nonzero(sample["labels"] > 0).flatten().tolist()
-        ]
-        if sorted(metadata.get("classes") or ()) != sorted(present):  # order carries no meaning
-            log.warning(
-                "%s: cached pseudo-label was made for classes %s, the image is now labelled %s; "
-                "labelling it again", sample["id"], metadata.get("classes"), present,
-            )  # fmt: skip
-            return None
-        if label.shape != sample["image"].shape[1:]:
-            raise CacheError(
-                f"cached pseudo-label {self.cache.path(sample['id'])} is {tuple(label.shape)} but "
-                f"image {sample['id']} is {tuple(sample['image'].shape[1:])}; the cache belongs to "
-                "other images: point cache_root elsewhere or delete that directory"
-            )
-        return label
-
-
-# How to get back the environment of an existing cache, per entry of ``environment()``.
-_PACKAGES = {
-    "torch": "torch",
-    "transformers": "transformers",
-    "segment_anything": "segment-anything",
-}
-
-
-def environment_notice(cache: PseudoLabelCache) -> str | None:
-    """The warning to print before labelling into a new cache directory when another directory
-    of the same dataset holds labels made with the same settings in another environment (library
-    versions, device, CPU threads): which directory, what differs, how to reuse it. None when
-    the cache exists already or no such sibling exists."""
-    if cache.manifest_path.is_file():
-        return None
-    siblings = [s for s in cache.environment_siblings() if s[2] > 0]
-    if not siblings:
-        return None
-    directory, changes, count = siblings[0]
-    old = read_manifest_environment(directory)
-    advice = []
-    for key, value in old.items():
-        if value == cache.settings.get("environment", {}).get(key):
-            continue
-        if key in _PACKAGES:
-            advice.append(f"pip install '{_PACKAGES[key]}=={value}'")
-        elif key == "cpu_threads":
-            advice.append(f"--data.train_labels.init_args.cpu_threads {value}")
-        elif key == "mkl_cbwr":
-            advice.append("unset MKL_CBWR" if value is None else f"export MKL_CBWR={value}")
-        elif key in ("device_type", "device_name", "cuda", "cudnn"):
-            advice.append(
-                f"label on the device it was made on ({old.get('device_type')}: "
-                f"{old.get('device_name')}"
-                + (f", CUDA {old.get('cuda')})" if old.get("device_type") == "cuda" else ")")
-            )
-    advice = list(dict.fromkeys(advice)) or ["the values listed"]
-    return (
-        f"pseudo-label cache: {directory} holds {count} labels made with these settings in another "
-        f"environment ({'; '.join(changes)}), so this run starts a new, empty cache "
-        f"{cache.directory} and labels every image again. To reuse those labels instead, stop "
-        f"now and restore that environment: {'; '.join(advice)}."
-    )
-
-
-def read_manifest_environment(directory: Path) -> dict[str, Any]:
-    """The ``environment`` settings entry of a cache directory's manifest ({} if none)."""
-    from wsss_pl.io import read_json
-
-    environment_entry = read_json(directory / MANIFEST_NAME).get("settings", {}).get("environment")
-    return environment_entry if isinstance(environment_entry, dict) else {}
-
-
-class OnlinePseudoLabels(LabelSource):
+class OnlinePseudoLabels(DetectorRows, LabelSource):
     """Grounding DINO + SAM pseudo-labels, made lazily per sample on the device and cached.
 
     A label depends on the image, its classes and these settings only: with ``batch_mode:
@@ -454,105 +357,7 @@ class OnlinePseudoLabels(LabelSource):
     # --- labelling on the device ---------------------------------------------------------
     def build_labeler(self) -> PseudoLabeler:
         """Build the frozen models (CPU); called once, on first need."""
-        from wsss_pl.labeling.segmenters.sam import SamSegmenter
-        from wsss_pl.labeling.segmenters.sam_fast import compile_blocks, use_attention
-        from wsss_pl.labeling.tiny import tiny_segmenter
-
-        detector = self.detector_spec.build(self.detector_options())
-        sam_options = {
-            "encoder_batch_size": 1
-            if self.batch_mode == "per_image"
-            else self.sam_encoder_batch_size,
-            "image_resize": self.image_resize,
-        }
-        fast = {"attention": self.sam_attention, "compile": self.sam_compile}
-        segmenter: Any
-        if self.detector_spec.provides_masks:
-            segmenter = None  # the detector's own masks (SAM 3)
-        elif self.segmenter is not None:
-            segmenter = self.segmenter.build(**sam_options)
-            if type(segmenter) is SamSegmenter:  # the fast path is for segment-anything's ViT
-                use_attention(segmenter.sam.image_encoder, self.sam_attention)
-                if self.sam_compile:
-                    compile_blocks(segmenter.sam.image_encoder)
-            elif self.sam_attention != "original" or self.sam_compile:
-                raise ValueError(
-                    "sam_attention / sam_compile apply to segment-anything SAM only, not to "
-                    f"{type(segmenter).__name__}; leave them at original / false"
-                )
-        elif self.sam_checkpoint == TINY:
-            segmenter = tiny_segmenter(**sam_options, **fast)
-        else:
-            segmenter = SamSegmenter.from_checkpoint(
-                self.sam_type, self._sam_weights()["path"], **sam_options, **fast
-            )
-        if segmenter is not None:
-            segmenter.fixed_batch = self.batch_mode == "fixed"
-            segmenter.decoder_batch_size = self.sam_decoder_batch_size
-        assert self.vocabulary is not None
-        return PseudoLabeler(
-            detector,
-            segmenter,
-            self.vocabulary,
-            merge_policy=self.merge_policy,
-            conflict=self.conflict,
-            missing_class_policy=self.missing_class_policy,
-            retry_box_threshold=self.retry_box_threshold,
-            exclusion_words=self.exclusion_words,
-            exclusion_fill=self.exclusion_fill,
-        )
-
-    def detector_input_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) the detector sees for an image of this size (to group same-shape images)."""
-        if self.detector_pad_to_canvas:
-            height, width = (0, 1) if height <= width else (1, 0)  # one group per orientation
-            return height, width
-        return self.detector_spec.input_size(height, width, self.detector_options())
-
-    def detector_options(self) -> DetectorOptions:
-        """The labelling rules every detector gets (thresholds, batching, Grounding DINO's rules)."""
-        return DetectorOptions(
-            box_threshold=self.box_threshold,
-            text_threshold=self.text_threshold,
-            image_size=self.detector_image_size,
-            pad_to_canvas=self.detector_pad_to_canvas,
-            caption_style=self.caption_style,
-            phrase_rule=self.phrase_rule,
-            image_resize=self.image_resize,
-            clip_boxes=self.clip_boxes,
-            batch_mode=self.batch_mode,
-            batch_size=self.detector_batch_size,
-        )
-
-    uses_detector = True  # False where boxes come from the data (no detector rows to count)
-
-    def padding(self) -> dict[str, PaddingCounts]:
-        """Rows run and padding rows per model so far (this process): ``detector`` (image rows
-        of its forwards, counted as ``fixed`` mode runs them: same-shape images
-        ``detector_batch_size`` at a time; caption rounds not counted), ``sam_encoder`` and
-        ``sam_decoder`` (counted by the segmenter). Models that did not run are left out."""
-        counts: dict[str, PaddingCounts] = {}
-        if self.detector_padding.rows:
-            counts["detector"] = self.detector_padding
-        segmenter = getattr(self._labeler, "segmenter", None)
-        for name, count in (getattr(segmenter, "padding", None) or {}).items():
-            if count.rows:
-                counts[name] = count
-        return counts
-
-    def _count_detector_rows(self, images: list[torch.Tensor], present: list[list[str]]) -> None:
-        """Add the image rows the detector runs on ``images`` (those with a class) in ``fixed``
-        mode: per detector input shape, ``detector_batch_size`` rows per started batch."""
-        if not self.uses_detector or self.batch_mode != "fixed":
-            return
-        groups: Counter[tuple[int, int]] = Counter(
-            self.detector_input_size(*image.shape[-2:])
-            for image, names in zip(images, present, strict=True)
-            if names
-        )
-        size = self.detector_batch_size
-        for count in groups.values():
-            self.detector_padding.add(count, -(-count // size) * size)
+        return build_pseudo_labeler(self)
 
     def labeler(self, device: torch.device) -> PseudoLabeler:
         if self._labeler is None:

@@ -38,6 +38,11 @@ from wsss_pl.labeling.invariance import BATCH_MODES, BatchMode
 from wsss_pl.labeling.rules import CaptionStyle, ImageResize, PhraseRule
 
 TINY = "tiny"
+# A spec naming the tiny model is built by wsss_pl.labeling.tiny (no model module imports it).
+TINY_BUILD = (
+    "the tiny random model is built by wsss_pl.labeling.tiny.build_tiny_detector / "
+    "build_tiny_segmenter (or wsss_pl.labeling.labeller_factory.build_detector / build_segmenter)"
+)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 

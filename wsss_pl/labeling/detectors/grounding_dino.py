@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from wsss_pl.labeling.detectors.base import TINY, DetectorOptions, HubDetectorSpec
+from wsss_pl.labeling.detectors.base import TINY, TINY_BUILD, DetectorOptions, HubDetectorSpec
 from wsss_pl.labeling.rules import detector_input_size
 
 
@@ -34,16 +34,21 @@ class GroundingDinoSpec(HubDetectorSpec):
             return {"name": TINY, "seed": 0}
         return self.weights_settings()
 
-    def _tiny(self, **kwargs: Any) -> nn.Module:
-        from wsss_pl.labeling.tiny import tiny_detector
-
-        return tiny_detector(**kwargs)
-
     def build(self, options: DetectorOptions) -> nn.Module:
         from wsss_pl.labeling.detectors.grounding import GroundingDetector
         from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
 
-        kwargs = {
+        kwargs = self.detector_kwargs(options)
+        if self.model == TINY:
+            raise ValueError(TINY_BUILD)
+        directory = self.directory()
+        model, _ = self.load()  # the family's class: MM-Grounding-DINO keeps its bias and scale
+        tokenizer = bert_tokenizer(directory)  # the folder's, else the shipped vocabulary
+        return GroundingDetector(model, tokenizer, image_size=options.image_size, **kwargs)
+
+    def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
+        """``GroundingDetector``'s keyword arguments from the labelling rules (no image size)."""
+        return {
             "box_threshold": options.box_threshold,
             "text_threshold": options.text_threshold,
             "pad_to_canvas": options.pad_to_canvas,
@@ -54,12 +59,6 @@ class GroundingDinoSpec(HubDetectorSpec):
             "batch_mode": options.batch_mode,
             "batch_size": options.batch_size,
         }
-        if self.model == TINY:
-            return self._tiny(**kwargs)
-        directory = self.directory()
-        model, _ = self.load()  # the family's class: MM-Grounding-DINO keeps its bias and scale
-        tokenizer = bert_tokenizer(directory)  # the folder's, else the shipped vocabulary
-        return GroundingDetector(model, tokenizer, image_size=options.image_size, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
         if self.model == TINY:  # tiny_detector's small input (see wsss_pl.labeling.tiny)
@@ -89,12 +88,3 @@ class MMGroundingDinoSpec(GroundingDinoSpec):
         if self.model == TINY:
             return {"name": "mm_grounding_dino_tiny", "seed": 0}
         return {"family": self.family, **self.weights_settings()}
-
-    def _tiny(self, **kwargs: Any) -> nn.Module:
-        from wsss_pl.labeling.detectors.grounding import GroundingDetector
-        from wsss_pl.labeling.detectors.tokenizer import bert_tokenizer
-        from wsss_pl.labeling.tiny import tiny_mm_grounding_dino
-
-        kwargs.setdefault("image_size", 256)
-        kwargs.setdefault("max_size", 427)
-        return GroundingDetector(tiny_mm_grounding_dino(), bert_tokenizer(), **kwargs)

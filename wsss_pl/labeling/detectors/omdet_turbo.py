@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.labeling.detectors.base import (
     TINY,
+    TINY_BUILD,
     Detections,
     DetectorOptions,
     FrozenDetector,
@@ -145,18 +146,20 @@ class OmDetTurboSpec(HubDetectorSpec):
         return {"family": self.family, **self.weights_settings(), **rules}
 
     def build(self, options: DetectorOptions) -> nn.Module:
-        kwargs = {
+        kwargs = self.detector_kwargs(options)
+        if self.model == TINY:
+            raise ValueError(TINY_BUILD)
+        model, processor = self.load()
+        return OmDetTurboDetector(model, processor, **kwargs)
+
+    def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
+        """``OmDetTurboDetector``'s keyword arguments from the labelling rules and this spec."""
+        return {
             "box_threshold": options.box_threshold,
             "nms_threshold": self.nms_threshold,
             "batch_mode": options.batch_mode,
             "batch_size": options.batch_size,
         }
-        if self.model == TINY:
-            from wsss_pl.labeling.tiny import tiny_omdet_turbo, tiny_omdet_turbo_processor
-
-            return OmDetTurboDetector(tiny_omdet_turbo(), tiny_omdet_turbo_processor(), **kwargs)
-        model, processor = self.load()
-        return OmDetTurboDetector(model, processor, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
         return (1, 1)  # every image is resized to the processor's fixed size

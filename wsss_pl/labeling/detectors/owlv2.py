@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.labeling.detectors.base import (
     TINY,
+    TINY_BUILD,
     Detections,
     DetectorOptions,
     FrozenDetector,
@@ -212,7 +213,15 @@ class OwlV2Spec(HubDetectorSpec):
         return {"family": self.family, **self.weights_settings(), **rules}
 
     def build(self, options: DetectorOptions) -> nn.Module:
-        kwargs = {
+        kwargs = self.detector_kwargs(options)
+        if self.model == TINY:
+            raise ValueError(TINY_BUILD)
+        model, processor = self.load()
+        return OwlV2Detector(model, processor, **kwargs)
+
+    def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
+        """``OwlV2Detector``'s keyword arguments from the labelling rules and this spec."""
+        return {
             "box_threshold": options.box_threshold,
             "clip_boxes": options.clip_boxes,
             "batch_mode": options.batch_mode,
@@ -220,12 +229,6 @@ class OwlV2Spec(HubDetectorSpec):
             "query_template": self.query_template,
             "max_queries": self.max_queries,
         }
-        if self.model == TINY:
-            from wsss_pl.labeling.tiny import tiny_owlv2, tiny_owlv2_processor
-
-            return OwlV2Detector(tiny_owlv2(), tiny_owlv2_processor(), **kwargs)
-        model, processor = self.load()
-        return OwlV2Detector(model, processor, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
         return (1, 1)  # every image is resized and padded to the processor's square

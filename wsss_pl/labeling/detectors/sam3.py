@@ -35,6 +35,7 @@ from wsss_pl.classes import ClassVocabulary
 from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.detectors.base import (
     TINY,
+    TINY_BUILD,
     Detections,
     DetectorOptions,
     FrozenDetector,
@@ -285,7 +286,15 @@ class Sam3Spec(HubDetectorSpec):
         }
 
     def build(self, options: DetectorOptions) -> nn.Module:
-        kwargs = {
+        kwargs = self.detector_kwargs(options)
+        if self.model == TINY:
+            raise ValueError(TINY_BUILD)
+        model, processor = self.load()
+        return Sam3Detector(model, processor, **kwargs)
+
+    def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
+        """``Sam3Detector``'s keyword arguments from the labelling rules and this spec."""
+        return {
             "box_threshold": options.box_threshold,
             "mask_threshold": self.mask_threshold,
             "output": self.output,
@@ -293,12 +302,6 @@ class Sam3Spec(HubDetectorSpec):
             "batch_mode": options.batch_mode,
             "batch_size": options.batch_size,
         }
-        if self.model == TINY:
-            from wsss_pl.labeling.tiny import tiny_sam3, tiny_sam3_processor
-
-            return Sam3Detector(tiny_sam3(), tiny_sam3_processor(), **kwargs)
-        model, processor = self.load()
-        return Sam3Detector(model, processor, **kwargs)
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
         return (1, 1)  # every image is resized to the processor's square

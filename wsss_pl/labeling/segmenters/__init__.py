@@ -8,18 +8,18 @@
   ``Sam3TrackerSpec``: SAM 3's box-promptable branch through the same module (SAM 3 refining
   another detector's boxes).
 
-A new model family is one module here with its spec (re-exported below).
+A new model family is one module here with its spec (re-exported below); its tiny random model
+for tests goes into ``wsss_pl.labeling.tiny`` (no module here imports it).
 """
 
 from wsss_pl.labeling.segmenters.base import TINY, ImageResize, SegmenterSpec
-from wsss_pl.labeling.segmenters.hq_sam import HQSamSegmenter, HQSamSpec, tiny_hq_sam
+from wsss_pl.labeling.segmenters.hq_sam import HQSamSegmenter, HQSamSpec
 from wsss_pl.labeling.segmenters.sam import SamSegmenter, SamSpec
 from wsss_pl.labeling.segmenters.sam2 import (
     Sam2Segmenter,
     Sam2Spec,
     Sam3TrackerSpec,
     sam2_processor,
-    tiny_sam2,
 )
 
 __all__ = [
@@ -34,6 +34,4 @@ __all__ = [
     "SamSpec",
     "SegmenterSpec",
     "sam2_processor",
-    "tiny_hq_sam",
-    "tiny_sam2",
 ]

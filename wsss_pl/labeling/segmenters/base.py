@@ -14,6 +14,11 @@ from typing import Any, Literal
 from torch import nn
 
 TINY = "tiny"
+# A spec naming the tiny model is built by wsss_pl.labeling.tiny (no model module imports it).
+TINY_BUILD = (
+    "the tiny random model is built by wsss_pl.labeling.tiny.build_tiny_detector / "
+    "build_tiny_segmenter (or wsss_pl.labeling.labeller_factory.build_detector / build_segmenter)"
+)
 ImageResize = Literal["pil", "tensor"]
 SAM_IMAGE_SIZE = 1024
 

@@ -5,15 +5,13 @@ high-quality output token fed with early ViT features; same checkpoint layout as
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.segmenters.base import SAM_IMAGE_SIZE, TINY, ImageResize, SegmenterSpec
+from wsss_pl.labeling.segmenters.base import TINY, TINY_BUILD, ImageResize, SegmenterSpec
 from wsss_pl.labeling.segmenters.sam import SamSegmenter
 
 
@@ -38,38 +36,6 @@ class HQSamSegmenter(SamSegmenter):
             }
             for k in range(embeddings.shape[0])
         ]
-
-
-def tiny_hq_sam(seed: int = 0) -> nn.Module:
-    """A random HQ-SAM with SAM's 1024 px geometry: a 1-block global-attention ViT of width 32."""
-    from segment_anything_hq.modeling import (
-        ImageEncoderViT,
-        MaskDecoderHQ,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
-
-    dim, grid = 32, SAM_IMAGE_SIZE // 16
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=SAM_IMAGE_SIZE, patch_size=16, embed_dim=dim, depth=1, num_heads=2,
-                mlp_ratio=2.0, out_chans=dim, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True, window_size=8, global_attn_indexes=(0,),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=dim, image_embedding_size=(grid, grid),
-                input_image_size=(SAM_IMAGE_SIZE, SAM_IMAGE_SIZE), mask_in_chans=4,
-            ),
-            mask_decoder=MaskDecoderHQ(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(depth=1, embedding_dim=dim, num_heads=2, mlp_dim=64),
-                transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32, vit_dim=dim,
-            ),
-        )  # fmt: skip
-    return sam.eval()
 
 
 class HQSamSpec(SegmenterSpec):
@@ -108,7 +74,7 @@ class HQSamSpec(SegmenterSpec):
 
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         if self.checkpoint == TINY:
-            return HQSamSegmenter(tiny_hq_sam(), encoder_batch_size, image_resize)
+            raise ValueError(TINY_BUILD)
         from wsss_pl.labeling.model_folders import check_sam_state
         from wsss_pl.weights import load_state_dict
 

@@ -13,7 +13,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.segmenters.base import TINY, ImageResize, SegmenterSpec
+from wsss_pl.labeling.segmenters.base import TINY, TINY_BUILD, ImageResize, SegmenterSpec
 from wsss_pl.labeling.segmenters.chunks import (
     DEFAULT_DECODER_BATCH_SIZE,
     PaddingCounts,
@@ -283,7 +283,5 @@ class SamSpec(SegmenterSpec):
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         options = {"encoder_batch_size": encoder_batch_size, "image_resize": image_resize}
         if self.checkpoint == TINY:
-            from wsss_pl.labeling.tiny import tiny_segmenter
-
-            return tiny_segmenter(**options)
+            raise ValueError(TINY_BUILD)
         return SamSegmenter.from_checkpoint(self.model_type, self._path(), **options)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from wsss_pl.errors import WeightsError
-from wsss_pl.labeling.segmenters.base import TINY, ImageResize, SegmenterSpec
+from wsss_pl.labeling.segmenters.base import TINY, TINY_BUILD, ImageResize, SegmenterSpec
 from wsss_pl.labeling.segmenters.chunks import (
     DEFAULT_DECODER_BATCH_SIZE,
     PaddingCounts,
@@ -102,36 +102,6 @@ class Sam2Segmenter(nn.Module):
         )
 
 
-def tiny_sam2(seed: int = 0) -> nn.Module:
-    """A random ~0.3 M-parameter SAM 2 (4-stage Hiera of width 16, 1-layer decoder of width 32)."""
-    from transformers import Sam2Config, Sam2Model
-    from transformers.models.sam2.configuration_sam2 import (
-        Sam2HieraDetConfig,
-        Sam2MaskDecoderConfig,
-        Sam2PromptEncoderConfig,
-        Sam2VisionConfig,
-    )
-
-    hiera = Sam2HieraDetConfig(
-        hidden_size=16, num_attention_heads=1, blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[8, 4, 14, 7], global_attention_blocks=[3],
-    )  # fmt: skip
-    config = Sam2Config(
-        vision_config=Sam2VisionConfig(
-            backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32
-        ),
-        prompt_encoder_config=Sam2PromptEncoderConfig(hidden_size=32, mask_input_channels=4),
-        mask_decoder_config=Sam2MaskDecoderConfig(
-            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
-            iou_head_hidden_dim=32,
-        ),
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return Sam2Model(config).eval()
-
-
 def sam2_processor(directory: str | None = None) -> Any:
     """The model directory's ``Sam2Processor``, or the default one (1024 px, ImageNet stats)."""
     from transformers import Sam2ImageProcessor, Sam2Processor
@@ -171,7 +141,7 @@ class Sam2Spec(SegmenterSpec):
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         """``image_resize`` is not used: SAM 2 always uses its processor's resize."""
         if self.model == TINY:
-            return Sam2Segmenter(tiny_sam2(), sam2_processor(), encoder_batch_size)
+            raise ValueError(TINY_BUILD)
         from wsss_pl.labeling.model_folders import load_folder
 
         directory = self._directory()
@@ -236,18 +206,7 @@ class Sam3TrackerSpec(SegmenterSpec):
     def build(self, encoder_batch_size: int = 4, image_resize: ImageResize = "tensor") -> nn.Module:
         """``image_resize`` is not used: the processor's resize."""
         if self.model == TINY:
-            from wsss_pl.labeling.tiny import (
-                TINY_SAM3_IMAGE_SIZE,
-                tiny_sam3_tracker,
-                tiny_sam3_tracker_processor,
-            )
-
-            return Sam2Segmenter(
-                tiny_sam3_tracker(),
-                tiny_sam3_tracker_processor(),
-                encoder_batch_size,
-                image_size=TINY_SAM3_IMAGE_SIZE,
-            )
+            raise ValueError(TINY_BUILD)
         from wsss_pl.labeling.model_folders import load_folder
 
         model, processor = load_folder(self._directory(), "sam3_tracker")

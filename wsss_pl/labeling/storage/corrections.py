@@ -22,6 +22,7 @@ import torch
 from wsss_pl.errors import DataError
 from wsss_pl.io import read_json, read_label, write_bytes, write_json, write_label
 from wsss_pl.labeling.storage.cache import decode_id, encode_id
+from wsss_pl.palette import voc_palette
 
 CORRECTIONS_DIR = "corrections"
 LOG_NAME = "imports.jsonl"
@@ -36,8 +37,6 @@ class CorrectionsLayer:
     """Reviewed label maps of one dataset (see the module docstring)."""
 
     def __init__(self, directory: str | Path, palette: Sequence[int] | None = None) -> None:
-        from wsss_pl.classes import voc_palette
-
         self.directory = Path(directory)
         self.palette = list(palette) if palette is not None else voc_palette()
 

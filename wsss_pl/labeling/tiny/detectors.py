@@ -1,31 +1,12 @@
-"""Tiny randomly initialised Grounding DINO and SAM built from the real classes.
-
-They run the real code paths (tokenizer, phrase masks, deformable attention, SAM's prompt
-encoder and mask decoder) in milliseconds on a CPU, for tests and the CPU demo config. Their
-outputs are random: never use them to judge label quality.
-
-Equivalence tests need more than random: with default initialisation the tiny SAM 2's mask logits
-are ~1e-5 and tiny SAM's ~0.02, so a mask compared with a reference is float noise around the
-threshold, and Grounding DINO's scores saturate near 1, so no box sits below a threshold.
-``informative_tiny`` is the one builder those tests use: the same seeded models with their output
-layers scaled (``scale_mask_logits``; ``tiny_grounding_dino(logit_scale=...)``) so that mask
-logits are well away from the threshold (median |logit| > 1) and detector scores spread across
-the usual thresholds. The default builders (demos, cache fingerprints) stay unscaled.
-"""
+"""Tiny random detectors built from the real classes: Grounding DINO (and ``tiny_detector``, its
+``GroundingDetector``), MM-Grounding-DINO, OWLv2, SAM 3 and OmDet-Turbo, with their processors.
+Outputs are random: never use them to judge label quality."""
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from segment_anything.modeling import (
-    ImageEncoderViT,
-    MaskDecoder,
-    PromptEncoder,
-    Sam,
-    TwoWayTransformer,
-)
 from torch import nn
 from transformers import (
     BertConfig,
@@ -36,9 +17,6 @@ from transformers import (
 
 from wsss_pl.labeling.detectors.grounding import GroundingDetector
 from wsss_pl.labeling.detectors.tokenizer import BERT_VOCAB_SIZE, bert_tokenizer
-from wsss_pl.labeling.segmenters.sam import SamSegmenter
-
-SAM_IMAGE_SIZE = 1024  # SAM's box/mask geometry assumes a 1024 px input
 
 
 def tiny_grounding_dino(seed: int = 0, logit_scale: float = 1.0) -> GroundingDinoForObjectDetection:
@@ -90,169 +68,6 @@ def tiny_grounding_dino(seed: int = 0, logit_scale: float = 1.0) -> GroundingDin
     return model
 
 
-def tiny_sam(seed: int = 0, mask_logit_scale: float = 1.0) -> Sam:
-    """A SAM with SAM's 1024 px input and 64x64 embedding grid but a 1-block ViT of width 32
-    (windowed attention only) and a 32-wide two-way transformer; ``mask_logit_scale``: see
-    ``scale_mask_logits`` (1 = the plain random model)."""
-    patch_size, dim = 16, 32
-    grid = SAM_IMAGE_SIZE // patch_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=SAM_IMAGE_SIZE,
-                patch_size=patch_size,
-                embed_dim=dim,
-                depth=1,
-                num_heads=2,
-                mlp_ratio=2.0,
-                out_chans=dim,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True,
-                window_size=8,
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=dim,
-                image_embedding_size=(grid, grid),
-                input_image_size=(SAM_IMAGE_SIZE, SAM_IMAGE_SIZE),
-                mask_in_chans=4,
-            ),
-            mask_decoder=MaskDecoder(
-                transformer_dim=dim,
-                transformer=TwoWayTransformer(depth=1, embedding_dim=dim, num_heads=2, mlp_dim=64),
-                num_multimask_outputs=3,
-                iou_head_depth=2,
-                iou_head_hidden_dim=32,
-            ),
-        )
-    return scale_mask_logits(sam, mask_logit_scale).eval()
-
-
-def scale_mask_logits(model: nn.Module, factor: float) -> nn.Module:
-    """Multiply a SAM-family mask decoder's mask logits by ``factor`` (> 0), in place.
-
-    Mask logits are ``hyper_in @ upscaled_embedding`` in SAM, HQ-SAM (its HQ token's MLP too) and
-    transformers' SAM 2, linear in the hypernetwork MLPs' last layers, so scaling those layers'
-    weights and biases scales every mask logit and nothing else (IoU head and image features are
-    untouched). With a power of two the scaling is exact in floating point, so masks thresholded
-    at 0 are bit-identical; only how far they sit from the threshold changes. (SAM 2's
-    single-mask output picks a mask by stability at +-0.05, which does depend on the scale.)
-
-    Args:
-        model: ``segment_anything`` / ``segment_anything_hq`` ``Sam`` or transformers
-            ``Sam2Model``.
-        factor: the scale.
-
-    Returns:
-        ``model`` itself.
-    """
-    if factor <= 0:
-        raise ValueError(f"factor must be > 0, got {factor}")
-    if factor == 1.0:
-        return model
-    decoder = model.mask_decoder
-    mlps = list(decoder.output_hypernetworks_mlps)
-    if hasattr(decoder, "hf_mlp"):  # HQ-SAM's high-quality token
-        mlps.append(decoder.hf_mlp)
-    with torch.no_grad():
-        for mlp in mlps:
-            last = mlp.proj_out if hasattr(mlp, "proj_out") else mlp.layers[-1]  # SAM 2 / SAM
-            last.weight.mul_(factor)
-            last.bias.mul_(factor)
-    return model
-
-
-InformativeKind = Literal[
-    "sam", "hq_sam", "sam2", "grounding_dino", "mm_grounding_dino", "owlv2", "sam3", "sam3_tracker"
-]
-# Output scales measured on the VOC sample 2007_000033.jpg (two boxes): median |mask logit| of the
-# plain models 0.020 (SAM), 0.056 (HQ-SAM, SAM + HQ token), 4.2e-6 (SAM 2); Grounding DINO's box
-# scores 0.52-0.99999 (all 20 queries above 0.3). Powers of two keep the SAM scalings exact.
-INFORMATIVE_SCALES: dict[str, float] = {
-    "sam": 2.0**8,
-    "hq_sam": 2.0**6,
-    "sam2": 2.0**20,
-    "grounding_dino": 0.25,
-    # MM-Grounding-DINO: the same tiny architecture, the same saturation. OWLv2: query logits
-    # spread over +-60 (std 10.5) on 2007_000032.jpg with three queries.
-    "mm_grounding_dino": 0.25,
-    "owlv2": 0.125,
-    # SAM 3 (mask, query): pred_logits within +-0.013, masks median |logit| 2e-4, semantic 0.06.
-    "sam3": 2.0**8,
-    "sam3_masks": 2.0**14,
-    "sam3_semantic": 2.0**6,
-    # SAM 3 tracker: median |mask logit| 1.3e-5 on a random 240x320 image with three boxes.
-    "sam3_tracker": 2.0**18,
-}
-
-
-def informative_tiny(kind: InformativeKind, seed: int = 0) -> nn.Module:
-    """The tiny random model ``kind`` with its output layer scaled by ``INFORMATIVE_SCALES``:
-    the one builder of every equivalence test against a library reference.
-
-    ``sam``: ``tiny_sam``; ``hq_sam``: ``segmenters.tiny_hq_sam``; ``sam2``:
-    ``segmenters.tiny_sam2`` (masks scaled by ``scale_mask_logits``); ``grounding_dino``:
-    ``tiny_grounding_dino`` with ``logit_scale``. Same seeded weights as the plain builders.
-    """
-    scale = INFORMATIVE_SCALES[kind]
-    if kind == "sam":
-        return tiny_sam(seed, mask_logit_scale=scale)
-    if kind == "grounding_dino":
-        return tiny_grounding_dino(seed, logit_scale=scale)
-    if kind == "mm_grounding_dino":
-        return tiny_mm_grounding_dino(seed, logit_scale=scale)
-    if kind == "owlv2":
-        return tiny_owlv2(seed, logit_scale=scale)
-    if kind == "sam3_tracker":
-        return tiny_sam3_tracker(seed, mask_logit_scale=scale)
-    if kind == "sam3":
-        masks, semantic = INFORMATIVE_SCALES["sam3_masks"], INFORMATIVE_SCALES["sam3_semantic"]
-        return tiny_sam3(seed, scale, masks, semantic)
-    from wsss_pl.labeling.segmenters import tiny_hq_sam, tiny_sam2
-
-    return scale_mask_logits((tiny_hq_sam if kind == "hq_sam" else tiny_sam2)(seed), scale)
-
-
-def vit_b_shaped_sam(img_size: int = 256, seed: int = 0, rel_pos_std: float = 0.5) -> Sam:
-    """SAM ViT-B's architecture (width 768, 12 blocks, 12 heads, window 14, global blocks
-    2/5/8/11, 256-wide neck and decoder) at a small input size, random weights. The relative
-    position tables, zero-initialised by segment-anything, get normal(0, ``rel_pos_std``) values
-    so that code handling them is really exercised (0 keeps them zero)."""
-    grid = img_size // 16
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                img_size=img_size,
-                embed_dim=768,
-                depth=12,
-                num_heads=12,
-                out_chans=256,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                use_rel_pos=True,
-                window_size=14,
-                global_attn_indexes=(2, 5, 8, 11),
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=256,
-                image_embedding_size=(grid, grid),
-                input_image_size=(img_size, img_size),
-                mask_in_chans=16,
-            ),
-            mask_decoder=MaskDecoder(
-                transformer_dim=256,
-                transformer=TwoWayTransformer(
-                    depth=2, embedding_dim=256, num_heads=8, mlp_dim=2048
-                ),
-            ),
-        )
-        if rel_pos_std > 0:
-            for block in sam.image_encoder.blocks:
-                torch.nn.init.normal_(block.attn.rel_pos_h, std=rel_pos_std)
-                torch.nn.init.normal_(block.attn.rel_pos_w, std=rel_pos_std)
-    return sam.eval()
-
-
 def tiny_detector(seed: int = 0, **kwargs: Any) -> GroundingDetector:
     """``GroundingDetector`` around ``tiny_grounding_dino(seed)`` and the offline BERT tokenizer.
 
@@ -262,11 +77,6 @@ def tiny_detector(seed: int = 0, **kwargs: Any) -> GroundingDetector:
     kwargs.setdefault("image_size", 256)
     kwargs.setdefault("max_size", 427)
     return GroundingDetector(tiny_grounding_dino(seed), bert_tokenizer(), **kwargs)
-
-
-def tiny_segmenter(seed: int = 0, **kwargs: Any) -> SamSegmenter:
-    """``SamSegmenter`` around ``tiny_sam(seed)``; ``kwargs`` go to ``SamSegmenter``."""
-    return SamSegmenter(tiny_sam(seed), **kwargs)
 
 
 def tiny_mm_grounding_dino(seed: int = 0, logit_scale: float = 1.0) -> nn.Module:
@@ -485,49 +295,3 @@ def tiny_omdet_turbo_processor() -> Any:
         size={"height": TINY_OMDET_IMAGE_SIZE, "width": TINY_OMDET_IMAGE_SIZE}, do_pad=False
     )
     return OmDetTurboProcessor(image_processor=image_processor, tokenizer=tokenizer)
-
-
-def tiny_sam3_tracker(seed: int = 0, mask_logit_scale: float = 1.0) -> nn.Module:
-    """A random SAM 3 tracker (``Sam3TrackerModel``): ``tiny_sam3``'s image encoder sizes (2-layer
-    ViT of width 32 on 224 px, FPN at 64 / 32 / 16), a prompt encoder and 1-layer two-way mask
-    decoder of width 32; ``mask_logit_scale`` as ``scale_mask_logits``."""
-    from transformers import Sam3TrackerConfig, Sam3TrackerModel, Sam3VisionConfig, Sam3ViTConfig
-    from transformers.models.sam3_tracker.configuration_sam3_tracker import (
-        Sam3TrackerMaskDecoderConfig,
-        Sam3TrackerPromptEncoderConfig,
-    )
-
-    size, grid = TINY_SAM3_IMAGE_SIZE, TINY_SAM3_IMAGE_SIZE // 14
-    small = {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
-    config = Sam3TrackerConfig(
-        vision_config=Sam3VisionConfig(
-            backbone_config=Sam3ViTConfig(
-                **small, num_hidden_layers=2, image_size=size, patch_size=14, window_size=8,
-                global_attn_indexes=[1], pretrain_image_size=size,
-            ),
-            fpn_hidden_size=32,
-            backbone_feature_sizes=[[4 * grid] * 2, [2 * grid] * 2, [grid] * 2],
-        ),
-        prompt_encoder_config=Sam3TrackerPromptEncoderConfig(
-            hidden_size=32, image_size=size, patch_size=14, mask_input_channels=4
-        ),
-        mask_decoder_config=Sam3TrackerMaskDecoderConfig(
-            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2,
-            iou_head_hidden_dim=32,
-        ),
-    )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Sam3TrackerModel(config).eval()
-    return scale_mask_logits(model, mask_logit_scale)
-
-
-def tiny_sam3_tracker_processor() -> Any:
-    """``Sam3TrackerProcessor`` for ``tiny_sam3_tracker``: SAM 3's image processor at 224 px."""
-    from transformers import Sam3ImageProcessor, Sam3TrackerProcessor
-
-    image_processor = Sam3ImageProcessor(
-        size={"height": TINY_SAM3_IMAGE_SIZE, "width": TINY_SAM3_IMAGE_SIZE},
-        mask_size={"height": TINY_SAM3_IMAGE_SIZE // 4, "width": TINY_SAM3_IMAGE_SIZE // 4},
-    )
-    return Sam3TrackerProcessor(image_processor=image_processor)
