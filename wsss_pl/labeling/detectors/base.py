@@ -142,6 +142,40 @@ class HubDetectorSpec(DetectorSpec):
 
         return load_folder(self.directory(), self.hub_family)
 
+    # The families whose module is ``detector_class(model, processor, **detector_kwargs)`` set
+    # these and inherit ``settings`` and ``build``; Grounding DINO (a tokenizer, not a processor)
+    # builds its own.
+    detector_class: ClassVar[type[nn.Module]]
+    tiny_name: ClassVar[str]  # the fingerprint name of the family's tiny random model
+
+    def rules(self) -> dict[str, Any]:
+        """The spec's own settings that change labels (fingerprinted beside the weights)."""
+        return {}
+
+    def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
+        """``detector_class``'s keyword arguments from the labelling rules and this spec; the
+        families add their own to these shared ones."""
+        return {
+            "box_threshold": options.box_threshold,
+            "batch_mode": options.batch_mode,
+            "batch_size": options.batch_size,
+        }
+
+    def settings(self) -> dict[str, Any]:
+        if self.model == TINY:
+            return {"name": self.tiny_name, "seed": 0, **self.rules()}
+        return {"family": self.family, **self.weights_settings(), **self.rules()}
+
+    def build(self, options: DetectorOptions) -> nn.Module:
+        kwargs = self.detector_kwargs(options)
+        if self.model == TINY:
+            raise ValueError(TINY_BUILD)
+        model, processor = self.load()
+        return self.detector_class(model, processor, **kwargs)
+
+    def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
+        return (1, 1)  # the processor resizes every image to one fixed input size
+
 
 def check_batching(batch_mode: str, batch_size: int) -> None:
     if batch_mode not in BATCH_MODES:
@@ -178,6 +212,15 @@ class FrozenDetector(nn.Module):
     def set_threshold(self, box_threshold: float, text_threshold: float | None = None) -> None:
         """Change the box threshold (e.g. to retry a class that got no box at a lower one)."""
         self.box_threshold = box_threshold
+
+    def call_threshold(
+        self, images: list[Tensor], present: list[list[str]], box_threshold: float | None
+    ) -> float:
+        """The box threshold of one call (its own, else the module's), after checking that every
+        image has its class list."""
+        if len(images) != len(present):
+            raise ValueError(f"{len(images)} images but {len(present)} class lists")
+        return self.box_threshold if box_threshold is None else box_threshold
 
 
 @dataclass

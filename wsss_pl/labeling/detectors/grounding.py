@@ -181,9 +181,7 @@ class GroundingDetector(FrozenDetector):
         Returns:
             B ``Detections``; an image with no class gets empty ones without running the model.
         """
-        if len(images) != len(present):
-            raise ValueError(f"{len(images)} images but {len(present)} class lists")
-        threshold = self.box_threshold if box_threshold is None else box_threshold
+        threshold = self.call_threshold(images, present, box_threshold)
         captions = [
             build_captions(
                 vocabulary, names, self.tokenizer, self.max_text_tokens, self.caption_style

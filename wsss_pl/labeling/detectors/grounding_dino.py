@@ -49,15 +49,13 @@ class GroundingDinoSpec(HubDetectorSpec):
     def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
         """``GroundingDetector``'s keyword arguments from the labelling rules (no image size)."""
         return {
-            "box_threshold": options.box_threshold,
+            **super().detector_kwargs(options),
             "text_threshold": options.text_threshold,
             "pad_to_canvas": options.pad_to_canvas,
             "caption_style": options.caption_style,
             "phrase_rule": options.phrase_rule,
             "image_resize": options.image_resize,
             "clip_boxes": options.clip_boxes,
-            "batch_mode": options.batch_mode,
-            "batch_size": options.batch_size,
         }
 
     def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:

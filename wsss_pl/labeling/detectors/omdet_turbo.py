@@ -9,8 +9,6 @@ from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.labeling.detectors.base import (
-    TINY,
-    TINY_BUILD,
     Detections,
     DetectorOptions,
     FrozenDetector,
@@ -58,9 +56,7 @@ class OmDetTurboDetector(FrozenDetector):
         box_threshold: float | None = None,
     ) -> list[Detections]:
         """See the module docstring of ``wsss_pl.labeling.detectors``."""
-        if len(images) != len(present):
-            raise ValueError(f"{len(images)} images but {len(present)} class lists")
-        threshold = self.box_threshold if box_threshold is None else box_threshold
+        threshold = self.call_threshold(images, present, box_threshold)
         queries = [class_queries(vocabulary, names, "{}") for names in present]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, q in enumerate(queries):
@@ -131,6 +127,8 @@ class OmDetTurboSpec(HubDetectorSpec):
 
     family = "omdet_turbo"
     hub_family = "omdet_turbo"
+    detector_class = OmDetTurboDetector
+    tiny_name = "omdet_turbo_tiny"
 
     def __init__(
         self, model: str = "omdet-turbo", nms_threshold: float = 0.5, download: bool = True
@@ -139,27 +137,9 @@ class OmDetTurboSpec(HubDetectorSpec):
         self.nms_threshold = nms_threshold
         self.download = download
 
-    def settings(self) -> dict[str, Any]:
-        rules = {"nms_threshold": self.nms_threshold}
-        if self.model == TINY:
-            return {"name": "omdet_turbo_tiny", "seed": 0, **rules}
-        return {"family": self.family, **self.weights_settings(), **rules}
-
-    def build(self, options: DetectorOptions) -> nn.Module:
-        kwargs = self.detector_kwargs(options)
-        if self.model == TINY:
-            raise ValueError(TINY_BUILD)
-        model, processor = self.load()
-        return OmDetTurboDetector(model, processor, **kwargs)
+    def rules(self) -> dict[str, Any]:
+        return {"nms_threshold": self.nms_threshold}
 
     def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
         """``OmDetTurboDetector``'s keyword arguments from the labelling rules and this spec."""
-        return {
-            "box_threshold": options.box_threshold,
-            "nms_threshold": self.nms_threshold,
-            "batch_mode": options.batch_mode,
-            "batch_size": options.batch_size,
-        }
-
-    def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
-        return (1, 1)  # every image is resized to the processor's fixed size
+        return {**super().detector_kwargs(options), "nms_threshold": self.nms_threshold}

@@ -9,8 +9,6 @@ from torch import Tensor, nn
 
 from wsss_pl.classes import ClassVocabulary
 from wsss_pl.labeling.detectors.base import (
-    TINY,
-    TINY_BUILD,
     Detections,
     DetectorOptions,
     FrozenDetector,
@@ -85,9 +83,7 @@ class OwlV2Detector(FrozenDetector):
         box_threshold: float | None = None,
     ) -> list[Detections]:
         """See the module docstring of ``wsss_pl.labeling.detectors``."""
-        if len(images) != len(present):
-            raise ValueError(f"{len(images)} images but {len(present)} class lists")
-        threshold = self.box_threshold if box_threshold is None else box_threshold
+        threshold = self.call_threshold(images, present, box_threshold)
         queries = [class_queries(vocabulary, names, self.query_template) for names in present]
         per_round = self.max_queries if self.batch_mode == "fixed" else 1 << 30
         # (image, its queries of this round): an image with many phrases runs several rounds.
@@ -191,6 +187,8 @@ class OwlV2Spec(HubDetectorSpec):
 
     family = "owlv2"
     hub_family = "owlv2"
+    detector_class = OwlV2Detector
+    tiny_name = "owlv2_tiny"
 
     def __init__(
         self,
@@ -206,29 +204,14 @@ class OwlV2Spec(HubDetectorSpec):
         self.max_queries = max_queries
         self.download = download
 
-    def settings(self) -> dict[str, Any]:
-        rules = {"query_template": self.query_template}
-        if self.model == TINY:
-            return {"name": "owlv2_tiny", "seed": 0, **rules}
-        return {"family": self.family, **self.weights_settings(), **rules}
-
-    def build(self, options: DetectorOptions) -> nn.Module:
-        kwargs = self.detector_kwargs(options)
-        if self.model == TINY:
-            raise ValueError(TINY_BUILD)
-        model, processor = self.load()
-        return OwlV2Detector(model, processor, **kwargs)
+    def rules(self) -> dict[str, Any]:
+        return {"query_template": self.query_template}
 
     def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
         """``OwlV2Detector``'s keyword arguments from the labelling rules and this spec."""
         return {
-            "box_threshold": options.box_threshold,
+            **super().detector_kwargs(options),
             "clip_boxes": options.clip_boxes,
-            "batch_mode": options.batch_mode,
-            "batch_size": options.batch_size,
             "query_template": self.query_template,
             "max_queries": self.max_queries,
         }
-
-    def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
-        return (1, 1)  # every image is resized and padded to the processor's square

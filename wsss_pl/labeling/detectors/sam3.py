@@ -35,7 +35,6 @@ from wsss_pl.classes import ClassVocabulary
 from wsss_pl.errors import WeightsError
 from wsss_pl.labeling.detectors.base import (
     TINY,
-    TINY_BUILD,
     Detections,
     DetectorOptions,
     FrozenDetector,
@@ -119,9 +118,7 @@ class Sam3Detector(FrozenDetector):
         box_threshold: float | None = None,
     ) -> list[Detections]:
         """B images, their class names -> B ``Detections`` with ``masks`` bool [N, H_i, W_i]."""
-        if len(images) != len(present):
-            raise ValueError(f"{len(images)} images but {len(present)} class lists")
-        threshold = self.box_threshold if box_threshold is None else box_threshold
+        threshold = self.call_threshold(images, present, box_threshold)
         prompts = [self.prompts(vocabulary, names) for names in present]
         todo = [i for i, p in enumerate(prompts) if p]
         parts: list[list[Detections]] = [[] for _ in images]
@@ -238,6 +235,8 @@ class Sam3Spec(HubDetectorSpec):
     provides_masks = True
     family = "sam3"
     hub_family = "sam3"
+    detector_class = Sam3Detector
+    tiny_name = "sam3_tiny"
 
     def __init__(
         self,
@@ -263,14 +262,17 @@ class Sam3Spec(HubDetectorSpec):
         check_family(directory, self.hub_family)
         return str(directory)
 
-    def settings(self) -> dict[str, Any]:
-        rules = {
+    def rules(self) -> dict[str, Any]:
+        return {
             "output": self.output,
             "mask_threshold": self.mask_threshold,
             "assist_words": self.assist_words,
         }
+
+    def settings(self) -> dict[str, Any]:
+        rules = self.rules()
         if self.model == TINY:
-            return {"name": "sam3_tiny", "seed": 0, **rules}
+            return {"name": self.tiny_name, "seed": 0, **rules}
         from wsss_pl.weights import checkpoint_fingerprint
 
         directory = Path(self.directory())
@@ -285,26 +287,14 @@ class Sam3Spec(HubDetectorSpec):
             **rules,
         }
 
-    def build(self, options: DetectorOptions) -> nn.Module:
-        kwargs = self.detector_kwargs(options)
-        if self.model == TINY:
-            raise ValueError(TINY_BUILD)
-        model, processor = self.load()
-        return Sam3Detector(model, processor, **kwargs)
-
     def detector_kwargs(self, options: DetectorOptions) -> dict[str, Any]:
         """``Sam3Detector``'s keyword arguments from the labelling rules and this spec."""
         return {
-            "box_threshold": options.box_threshold,
+            **super().detector_kwargs(options),
             "mask_threshold": self.mask_threshold,
             "output": self.output,
             "assist_words": self.assist_words,
-            "batch_mode": options.batch_mode,
-            "batch_size": options.batch_size,
         }
-
-    def input_size(self, height: int, width: int, options: DetectorOptions) -> tuple[int, int]:
-        return (1, 1)  # every image is resized to the processor's square
 
 
 __all__ = ["Sam3Detector", "Sam3Spec", "mask_box", "take_rows"]
