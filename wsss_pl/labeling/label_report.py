@@ -62,8 +62,8 @@ PADDING_SETTINGS = {
 
 
 # SAM's decoder is about 1 % of a label's compute on a GPU, so its padding is worth a warning only
-# where every decoder row costs real time: on a CPU (about 1 s per padded row for ViT-B, measured
-# by scripts/bench_decoder_chunks.py). On a GPU its share is printed, not warned about: a VOC image
+# where every decoder row costs real time: on a CPU (about 0.2 s per padded row for ViT-B at 1 thread,
+# measured by scripts/bench_decoder_chunks.py). On a GPU its share is printed, not warned about: a VOC image
 # has 1-4 boxes, so a chunk of 8 is mostly padding on every run.
 WARN_ONLY_ON_CPU = frozenset({"sam_decoder"})
 
